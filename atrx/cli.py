@@ -1,0 +1,211 @@
+"""The ``atrx`` command. Imports of the stages happen inside each command so ``--help`` is instant."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="ATRX Fusion: multicenter brain MRI to a served ATRX prediction.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+center_app = typer.Typer(help="Onboard a center: check its YAML against its export.", no_args_is_help=True)
+app.add_typer(center_app, name="center")
+
+HomeOpt = Annotated[str | None, typer.Option("--home", help="workspace folder (default $ATRX_HOME or ./.atrx)")]
+SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="address of an existing Dask scheduler")]
+WorkersOpt = Annotated[int | None, typer.Option("--workers", min=1, help="local Dask workers (default: cores)")]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("distributed", "radiomics", "feast", "bentoml"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+    _setup_logging(verbose)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    from atrx.ui import console
+
+    console(stderr=True).print(f"[bold red]error:[/] {message}")
+    return typer.Exit(code)
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="folder to write the cohort into")] = Path(".atrx/cohort"),
+    scale: Annotated[float, typer.Option("--scale", min=0.01, help="multiply every count of Table 1")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    workers: WorkersOpt = None,
+) -> None:
+    """Write a synthetic three-center export (DICOM, NIfTI, NRRD, CSV/XLSX) shaped like Table 1."""
+    from atrx.cluster import default_workers
+    from atrx.ui import console, kv_table, progress_bar, rows_table
+    from ingest.synth import generate_cohort
+
+    con = console()
+    with progress_bar(con, "synthesising patients", 1) as update:
+        summary = generate_cohort(out, scale=scale, seed=seed, workers=workers or default_workers(),
+                                  progress=lambda d, t: update(d, t, ""))
+    rows = summary.table()
+    con.print(rows_table("synthetic cohort", list(rows[0].keys()) if rows and isinstance(rows[0], dict)
+                         else ["center", "patients", "ATRX+", "ATRX-", "files"],
+                         [list(r.values()) if isinstance(r, dict) else r for r in rows]))
+    con.print(kv_table("summary", [("written to", out.resolve()), ("seconds", f"{summary.seconds:.1f}"),
+                                   ("center files", out.resolve() / "centers")]))
+
+
+@center_app.command("validate")
+def center_validate(
+    config: Annotated[Path, typer.Argument(help="centers/<id>.yaml")],
+    max_problems: Annotated[int, typer.Option("--max-problems", help="rows of problems to show")] = 200,
+) -> None:
+    """Dry run: check a center file against its export and write nothing.
+
+    Exit code 0: ready; 1: some patients would be quarantined (listed); 2: the file or the export
+    cannot be used at all.
+    """
+    from atrx.config import ConfigError
+    from atrx.config.center import load_center
+    from atrx.ui import console, kv_table, rows_table
+    from ingest.discover import plan_center
+
+    con = console()
+    try:
+        cfg = load_center(config)
+        key = cfg.deid.resolve_key()
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+    except ValueError as e:
+        raise _fail(f"{config}: {e}") from None
+    plan = plan_center(cfg, key)
+    counts = plan.counts()
+    con.print(kv_table(f"center {cfg.center}: {config}", [*counts.items()]))
+    problems = plan.all_problems()
+    if problems:
+        con.print(rows_table(
+            "problems (patient ids are raw here: this report stays on your machine)",
+            ["patient", "blocking", "what", "file", "fix"],
+            [(p.patient or "-", "yes" if p.blocking else "note", p.what, p.file, p.fix) for p in problems],
+            max_rows=max_problems))
+    center_blocking = [p for p in plan.problems if p.blocking]
+    n_block = len(plan.blocking)
+    verdict = ("[bold red]cannot ingest this center[/]" if center_blocking or not plan.patients else
+               f"[bold yellow]{counts['patients_refused']} patient(s) would be quarantined[/]" if n_block else
+               "[bold green]ready to ingest[/]")
+    con.print(f"{verdict}: {counts['patients_ready']} of {counts['patients']} patients ready, "
+              f"{n_block} blocking problem(s), {len(problems) - n_block} note(s). Nothing was written.")
+    if center_blocking or not plan.patients:
+        raise typer.Exit(2)
+    if n_block:
+        raise typer.Exit(1)
+
+
+@app.command()
+def ingest(
+    configs: Annotated[list[Path], typer.Argument(help="one or more centers/<id>.yaml")],
+    home: HomeOpt = None,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
+) -> None:
+    """Ingest centers into <home>/images.zarr and <home>/catalog.duckdb on a Dask cluster."""
+    from atrx.config import ConfigError
+    from atrx.config.center import load_center
+    from atrx.ui import console
+    from atrx.workspace import Workspace
+
+    ws = Workspace.at(home)
+    try:
+        cfgs = [load_center(c) for c in configs]
+        for cfg in cfgs:
+            cfg.deid.resolve_key()
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+    except ValueError as e:
+        raise _fail(str(e)) from None
+    con = console()
+    any_quarantined = False
+    for cfg in cfgs:
+        summary = _ingest_one(con, cfg, ws, scheduler, workers)
+        any_quarantined |= summary.studies["quarantined"] > 0 or summary.patients_quarantined > 0
+    con.print(f"workspace: {ws.home}")
+    if any_quarantined:
+        con.print("[yellow]some patients were quarantined; the table above says why and how to fix it[/]")
+
+
+def _ingest_one(con, cfg, ws, scheduler, workers):  # noqa: ANN001, ANN202 - CLI glue
+    from atrx.ui import kv_table, progress_bar, rows_table
+    from ingest.driver import run_ingest
+
+    with progress_bar(con, f"ingesting center {cfg.center}", 1) as update:
+        summary = run_ingest(cfg, ws, scheduler=scheduler, workers=workers, progress=update)
+    con.print(kv_table(f"ingest summary: center {cfg.center}", summary.rows()))
+    blocking = [q for q in summary.quarantined if q["blocking"]]
+    if blocking:
+        con.print(rows_table(f"quarantined ({len(blocking)})", ["patient", "study", "stage", "reason", "file", "fix"],
+                             [(q["patient_id"] or "-", q["study_id"], q["stage"], q["reason"], q["file"], q["fix"])
+                              for q in blocking], max_rows=50))
+    return summary
+
+
+@app.command()
+def demo(
+    scale: Annotated[float, typer.Option("--scale", min=0.01, help="cohort size relative to Table 1")] = 0.25,
+    home: HomeOpt = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    workers: WorkersOpt = None,
+) -> None:
+    """The whole flow on a generated three-center cohort: synth, validate, ingest."""
+    import os
+    import time
+
+    from atrx.cluster import default_workers
+    from atrx.config.center import load_center
+    from atrx.ui import console, kv_table, rows_table
+    from atrx.workspace import Workspace
+    from ingest.discover import plan_center
+    from ingest.synth import generate_cohort
+
+    t0 = time.perf_counter()
+    con = console()
+    ws = Workspace.at(home)
+    ws.ensure()
+    cohort = Path(ws.home) / "cohort"
+    con.rule("1. synthesise a three-center export")
+    summary = generate_cohort(cohort, scale=scale, seed=seed, workers=workers or default_workers())
+    rows = summary.table()
+    con.print(rows_table("synthetic cohort", list(rows[0].keys()), [list(r.values()) for r in rows]))
+    cfg_paths = sorted((cohort / "centers").glob("*.yaml"))
+    con.rule("2. validate each center (dry run)")
+    cfgs = []
+    for path in cfg_paths:
+        cfg = load_center(path)
+        plan = plan_center(cfg, cfg.deid.resolve_key())
+        c = plan.counts()
+        con.print(f"center {cfg.center}: {c['patients_ready']}/{c['patients']} patients ready, "
+                  f"{len(plan.blocking)} blocking problem(s)")
+        cfgs.append(cfg)
+    con.rule("3. ingest on Dask")
+    for cfg in cfgs:
+        _ingest_one(con, cfg, ws, None, workers)
+    con.print(kv_table("demo", [("workspace", ws.home), ("minutes", f"{(time.perf_counter() - t0) / 60:.1f}"),
+                                ("cohort", cohort), ("pid", os.getpid())]))
+
+
+def run() -> None:
+    """Entry point that keeps tracebacks for unexpected errors only."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,191 @@
+"""What one Dask task does: read a study version from the image store, compute, return plain data.
+
+No Dask here, and no catalog: the driver (:mod:`features.job`) schedules these functions and is the
+only process that writes. Every result is a dict with
+
+* ``status``: ``ok``; ``failed`` when the ROI cannot give features (empty, too small, rejected by
+  PyRadiomics: a property of the data, recorded and not retried for the same feature version); or
+  ``error`` when something around the ROI broke (store unreadable, weights missing on a worker,
+  out of memory: retried on the next run);
+* ``values``: ``{canonical feature name: float}`` in the order of the view's schema, or None;
+* ``reason``: why it failed, naming the view and the study version, or None;
+* ``seconds``: time spent on this ROI in the task.
+
+Task functions never raise for a bad ROI: one bad mask must not cost the other ROIs of a batch.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from atrx.names import view_name
+from features.deep import (
+    WeightsSpec,
+    deep_feature_names,
+    deep_features,
+    largest_slice_crop,
+    load_resnet34,
+)
+from features.errors import FeatureError
+from features.radiomics import extract_radiomics
+from ingest.store import read_version
+
+#: (images_root, zarr_path, roi, sequence): one crop of a deep batch
+DeepItem = tuple[str, str, str, str]
+
+# The one piece of module state: ResNet34 per worker process, keyed by (weights spec, device).
+# Why: reading and hashing 87 MB of weights (or seeding a random init) takes about as long as a
+# forward pass over a whole batch, and on a GPU every extra copy costs device memory; a worker runs
+# many batch tasks one after another, so it loads the model once and keeps it. The weights id is
+# cached with it and checked against the driver's, so a worker that sees different weights (another
+# file at the same path on another machine) fails its items instead of mixing features. At most
+# _MODEL_CACHE_SIZE models are kept so a long-lived worker serving several specs stays bounded.
+_MODEL_CACHE: dict[tuple[str, str], tuple[Any, str]] = {}
+_MODEL_CACHE_SIZE = 2
+_MODEL_LOCK = threading.Lock()
+
+
+def load_scan(images_root: str, zarr_path: str,
+              names: Sequence[str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Arrays ((z, y, x); all or ``names``) and attributes of one complete study version.
+
+    Refuses a group that was never marked complete (:class:`ingest.store.IncompleteVersionError`).
+    """
+    return read_version(images_root, zarr_path, list(names) if names is not None else None)
+
+
+def to_sitk(array: np.ndarray, geometry: Mapping[str, Any]) -> sitk.Image:
+    """A (z, y, x) array on the grid described by the store's ``geometry`` attrs (x, y, z order).
+
+    PyRadiomics measures shape in mm and filters in physical units, so the grid must be the real one.
+    """
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    size = [int(v) for v in geometry["size"]]
+    if list(image.GetSize()) != size:
+        raise ValueError(
+            f"array of shape (z, y, x) {tuple(array.shape)} does not fit the geometry size "
+            f"(x, y, z) {tuple(size)}"
+        )
+    image.SetSpacing([float(v) for v in geometry["spacing"]])
+    image.SetOrigin([float(v) for v in geometry["origin"]])
+    image.SetDirection([float(v) for v in geometry["direction"]])
+    return image
+
+
+def radiomics_task(images_root: str, zarr_path: str, roi: str, sequence: str,
+                   params: Mapping[str, Any]) -> dict[str, Any]:
+    """PyRadiomics features of one ROI x sequence of one study version; never raises for bad data."""
+    t0 = time.perf_counter()
+    view = view_name("rad", roi, sequence)
+    try:
+        arrays, attrs = load_scan(images_root, zarr_path, [sequence, roi])
+        geometry = attrs["geometry"]
+        image = to_sitk(arrays[sequence], geometry)
+        mask = to_sitk(arrays[roi], geometry)
+        values = extract_radiomics(image, mask, roi, sequence, params)
+    except FeatureError as e:
+        return _result("failed", None, f"{view} of {zarr_path}: {e}", t0)
+    except Exception as e:  # noqa: BLE001 - the task boundary: report, let the driver record it
+        return _result("error", None, f"{view} of {zarr_path}: {type(e).__name__}: {e}", t0)
+    return _result("ok", values, None, t0)
+
+
+def cached_model(weights_spec: str, device: str) -> tuple[Any, str]:
+    """This process's ResNet34 for (spec, device) and its weights id, loaded on first use."""
+    key = (str(WeightsSpec.parse(weights_spec)), device)
+    with _MODEL_LOCK:
+        if key not in _MODEL_CACHE:
+            while len(_MODEL_CACHE) >= _MODEL_CACHE_SIZE:
+                _MODEL_CACHE.pop(next(iter(_MODEL_CACHE)))
+            _MODEL_CACHE[key] = load_resnet34(weights_spec, device)
+        return _MODEL_CACHE[key]
+
+
+def deep_batch_task(items: Sequence[DeepItem], weights_spec: str, device: str,
+                    expected_weights_id: str | None = None) -> list[dict[str, Any]]:
+    """Deep features of many ROIs in one forward pass; one result per item, in item order.
+
+    Each study version is read once per task even when several of its ROIs are in the batch.
+    ``expected_weights_id`` (the driver's) guards against a worker holding other weights.
+    """
+    t0 = time.perf_counter()
+    results: list[dict[str, Any] | None] = [None] * len(items)
+    try:
+        model, weights_id = cached_model(weights_spec, device)
+        if expected_weights_id is not None and weights_id != expected_weights_id:
+            raise RuntimeError(
+                f"this worker's weights {weights_spec!r} have sha256 {weights_id[:16]}..., the "
+                f"driver's have {expected_weights_id[:16]}...; give every worker the same file"
+            )
+    except Exception as e:  # noqa: BLE001 - the task boundary
+        reason = f"cannot load ResNet34 weights {weights_spec!r} on {device}: {type(e).__name__}: {e}"
+        return [_result("error", None, f"{_deep_what(it)}: {reason}", t0) for it in items]
+
+    crops: list[np.ndarray] = []
+    crop_index: list[int] = []
+    scans: dict[str, dict[str, np.ndarray] | Exception] = {}
+    for i, (root, zarr_path, roi, sequence) in enumerate(items):
+        t_item = time.perf_counter()
+        what = _deep_what(items[i])
+        try:
+            arrays = _scan_arrays(scans, root, zarr_path, items)
+            crops.append(largest_slice_crop(arrays[sequence], arrays[roi], what=what))
+            crop_index.append(i)
+        except FeatureError as e:
+            results[i] = _result("failed", None, str(e), t_item)
+        except Exception as e:  # noqa: BLE001 - the task boundary
+            results[i] = _result("error", None, f"{what}: {type(e).__name__}: {e}", t_item)
+
+    if crops:
+        t_fwd = time.perf_counter()
+        try:
+            out = deep_features(model, crops, device=device, batch_size=len(crops))
+        except Exception as e:  # noqa: BLE001 - e.g. CUDA out of memory: the whole batch is retried later
+            for i in crop_index:
+                results[i] = _result("error", None, f"{_deep_what(items[i])}: forward pass failed: "
+                                     f"{type(e).__name__}: {e}", t_fwd)
+        else:
+            share = (time.perf_counter() - t0) / len(items)
+            for row, i in zip(out, crop_index, strict=True):
+                _, _, roi, sequence = items[i]
+                names = deep_feature_names(roi, sequence)
+                res = _result("ok", dict(zip(names, row.astype(np.float64).tolist(), strict=True)),
+                              None, t0)
+                res["seconds"] = share
+                results[i] = res
+    missing = [i for i, r in enumerate(results) if r is None]
+    if missing:  # unreachable: every item is decided above; never return misaligned results
+        raise RuntimeError(f"deep_batch_task left items {missing} without a result")
+    return [r for r in results if r is not None]
+
+
+def _scan_arrays(cache: dict[str, dict[str, np.ndarray] | Exception], root: str, zarr_path: str,
+                 items: Sequence[DeepItem]) -> dict[str, np.ndarray]:
+    """The arrays every item of this batch needs from ``zarr_path``, read once (errors too)."""
+    if zarr_path not in cache:
+        names = sorted({n for _, p, roi, seq in items if p == zarr_path for n in (roi, seq)})
+        try:
+            cache[zarr_path] = load_scan(root, zarr_path, names)[0]
+        except Exception as e:  # noqa: BLE001 - remembered so each item reports it
+            cache[zarr_path] = e
+    got = cache[zarr_path]
+    if isinstance(got, Exception):
+        raise got
+    return got
+
+
+def _deep_what(item: DeepItem) -> str:
+    _, zarr_path, roi, sequence = item
+    return f"{view_name('dl', roi, sequence)} of {zarr_path}"
+
+
+def _result(status: str, values: dict[str, float] | None, reason: str | None,
+            t0: float) -> dict[str, Any]:
+    return {"status": status, "values": values, "reason": reason,
+            "seconds": time.perf_counter() - t0}

@@ -1,0 +1,156 @@
+"""The ingest driver: plan a center, map :func:`ingest_patient` over Dask, record in the catalog.
+
+Outcomes are recorded as they arrive, so a run killed half-way keeps what it finished; the next
+run skips unchanged studies and finishes the rest.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from distributed import as_completed
+
+from atrx.catalog import Catalog
+from atrx.cluster import dask_client
+from atrx.config.center import CenterConfig
+from atrx.workspace import Workspace
+from ingest.deid import pseudonymise_patient, redact_text
+from ingest.discover import CenterPlan, PatientPlan, plan_center
+from ingest.patient import KnownScan, StudyOutcome, _versions, ingest_patient, redacted_folder
+from ingest.preprocess import PREPROCESS_VERSION, PreprocessParams
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+@dataclass
+class IngestSummary:
+    run_id: str
+    center: str
+    patients_planned: int
+    studies: Counter[str] = field(default_factory=Counter)
+    patients_quarantined: int = 0
+    clinical_changed: int = 0
+    seconds: float = 0.0
+    quarantined: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def patients_per_minute(self) -> float:
+        done = self.studies["ingested"] + self.studies["recovered"]
+        return 60.0 * done / self.seconds if self.seconds > 0 else 0.0
+
+    def rows(self) -> list[tuple[str, str]]:
+        return [
+            ("center", self.center), ("run", self.run_id), ("patients found", str(self.patients_planned)),
+            ("studies ingested", str(self.studies["ingested"])),
+            ("studies unchanged (skipped)", str(self.studies["unchanged"])),
+            ("studies recovered from an interrupted run", str(self.studies["recovered"])),
+            ("studies quarantined", str(self.studies["quarantined"])),
+            ("patients quarantined", str(self.patients_quarantined)),
+            ("clinical rows added or changed", str(self.clinical_changed)),
+            ("seconds", f"{self.seconds:.1f}"),
+        ]
+
+
+def _record_plan_problems(cat: Catalog, run_id: str, plan: CenterPlan, key: str) -> int:
+    """Plan-time refusals go to the quarantine table with pseudonyms and redacted paths."""
+    cfg = plan.config
+    refused = 0
+    for p in plan.problems:
+        pid = pseudonymise_patient(cfg.center, p.patient, key) if p.patient else None
+        cat.quarantine(run_id, cfg.center, pid, None, p.stage, _redact(p.what, p.patient, pid),
+                       p.fix and _redact(p.fix, p.patient, pid), p.file and _redact(p.file, p.patient, pid), p.blocking)
+    for pp in plan.patients:
+        if not pp.ok:
+            refused += 1
+        for p in pp.problems:
+            cat.quarantine(run_id, cfg.center, pp.patient_id, None, p.stage, redact_text(p.what, pp.raw_id, pp.patient_id),
+                           redact_text(p.fix, pp.raw_id, pp.patient_id),
+                           redact_text(p.file, pp.raw_id, pp.patient_id) if p.file else redacted_folder(pp, cfg),
+                           p.blocking)
+    return refused
+
+
+def _redact(text: str, raw: str | None, pid: str | None) -> str:
+    return redact_text(text, raw, pid) if raw and pid else text
+
+
+def _clinical_rows(plans: list[PatientPlan]) -> list[dict[str, Any]]:
+    rows = []
+    for pp in plans:
+        if pp.ok and pp.clinical is not None:
+            c = pp.clinical
+            rows.append({"patient_id": pp.patient_id, "age": c.age, "sex": c.sex, "who_grade": c.who_grade,
+                         "vasari_score": c.vasari_score, "atrx_status": c.atrx_status,
+                         "pathology_date": c.pathology_date, "row_hash": c.row_hash})
+    return rows
+
+
+def run_ingest(cfg: CenterConfig, ws: Workspace, scheduler: str | None = None, workers: int | None = None,
+               params: PreprocessParams | None = None, progress: ProgressFn | None = None) -> IngestSummary:
+    """Ingest one center into ``ws``; returns the summary (also recorded as a run in the catalog)."""
+    t0 = time.perf_counter()
+    params = params or PreprocessParams()
+    key = cfg.deid.resolve_key()
+    ws.ensure()
+    plan = plan_center(cfg, key)
+    ready = [pp for pp in plan.patients if pp.ok]
+    with Catalog(ws.catalog) as cat:
+        run_id = cat.start_run("ingest", cfg.center, cfg.digest(), params.digest(), _versions())
+        summary = IngestSummary(run_id, cfg.center, len(plan.patients))
+        summary.patients_quarantined = _record_plan_problems(cat, run_id, plan, key)
+        summary.clinical_changed = cat.upsert_clinical(cfg.center, run_id, _clinical_rows(plan.patients))
+        known = {sid: KnownScan(v, h) for sid, (v, h) in cat.latest_scans(cfg.center).items()}
+        status = "ok"
+        try:
+            if ready:
+                _run_tasks(cat, run_id, cfg, ws, params, ready, known, summary, scheduler, workers, progress)
+        except BaseException:
+            status = "interrupted"
+            raise
+        finally:
+            summary.seconds = time.perf_counter() - t0
+            summary.quarantined = cat.quarantined(run_id)
+            counts = {**summary.studies, "patients": summary.patients_planned,
+                      "patients_quarantined": summary.patients_quarantined}
+            cat.finish_run(run_id, status, counts)
+    return summary
+
+
+def _run_tasks(cat: Catalog, run_id: str, cfg: CenterConfig, ws: Workspace, params: PreprocessParams,
+               ready: list[PatientPlan], known: dict[str, KnownScan], summary: IngestSummary,
+               scheduler: str | None, workers: int | None, progress: ProgressFn | None) -> None:
+    with dask_client(scheduler, workers) as client:
+        futures = {}
+        for pp in ready:
+            subset = {s.study_id: known[s.study_id] for s in pp.studies if s.study_id in known}
+            fut = client.submit(ingest_patient, pp, cfg, ws.images, params, subset,
+                                key=f"ingest-{pp.patient_id}-{run_id}", pure=False, retries=1)
+            futures[fut] = pp
+        done = 0
+        for fut in as_completed(futures):
+            pp = futures[fut]
+            try:
+                outcomes: list[StudyOutcome] = fut.result()
+            except Exception as e:  # a worker died twice on this patient (memory, segfault in a library)
+                outcomes = [StudyOutcome(pp.patient_id, s.study_id, "quarantined", stage="worker",
+                                         reason=redact_text(f"the worker failed: {type(e).__name__}: {e}"[:300],
+                                                            pp.raw_id, pp.patient_id),
+                                         fix="re-run the ingest; if it repeats, check the worker logs")
+                            for s in pp.studies]
+            patient_bad = False
+            for o in outcomes:
+                summary.studies[o.status] += 1
+                if o.status == "quarantined":
+                    patient_bad = True
+                    cat.quarantine(run_id, cfg.center, o.patient_id, o.study_id, o.stage or "ingest",
+                                   o.reason or "", o.fix, o.file)
+                elif o.status in ("ingested", "recovered"):
+                    cat.record_scan(cfg.center, run_id, o.as_dict(), params.digest(), PREPROCESS_VERSION)
+            summary.patients_quarantined += int(patient_bad)
+            done += 1
+            if progress:
+                progress(done, len(futures), pp.patient_id)

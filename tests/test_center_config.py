@@ -1,0 +1,121 @@
+"""CenterConfig: unknown keys, wrong values and missing pieces are errors naming file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from atrx.config import ConfigError
+from atrx.config.center import CenterConfig, load_center
+
+BASE = {
+    "center": "X",
+    "source": "export",
+    "format": "dicom",
+    "sequences": {
+        "t1c": {"dicom": {"SeriesDescription": r"(?i)t1.*\+c"}},
+        "t2f": {"dicom": {"SeriesDescription": "(?i)flair"}},
+    },
+    "masks": {
+        "lesion": {"glob": "masks/lesion*.nii.gz", "space": "t2f"},
+        "tumor": {"glob": "masks/tumor*.nrrd", "space": "t1c"},
+    },
+    "clinical": {
+        "path": "clinical.csv",
+        "columns": {"patient_id": "ID", "age": "Age", "sex": "Sex", "who_grade": "WHO",
+                    "vasari_score": "VASARI", "atrx_status": "ATRX", "pathology_date": "Date"},
+        "values": {"sex": {"M": "male", "F": "female"}},
+    },
+    "deid": {"key": "k"},
+}
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    (tmp_path / "export").mkdir(exist_ok=True)
+    path = tmp_path / "X.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_valid_config_loads_with_paths_relative_to_the_file(tmp_path: Path) -> None:
+    cfg = load_center(write(tmp_path, BASE))
+    assert cfg.source_path == (tmp_path / "export").resolve()
+    assert cfg.clinical_path == (tmp_path / "export" / "clinical.csv").resolve()
+    assert cfg.masks.lesion.labels == [1]
+
+
+@pytest.mark.parametrize(
+    ("patch", "expected"),
+    [
+        ({"sequnces": {}}, "sequnces: Extra inputs are not permitted"),
+        ({"masks": {**BASE["masks"], "tumor": {"glob": "t.nrrd", "space": "t1"}}}, "masks.tumor.space"),
+        ({"masks": {**BASE["masks"], "tumor": {"glob": "t.nrrd", "space": "t1c", "colour": 1}}}, "masks.tumor.colour"),
+        ({"sequences": {"t1c": {"dicom": {"SeriesDescription": "("}}, "t2f": BASE["sequences"]["t2f"]}},
+         "not a valid regular expression"),
+        ({"sequences": {"t1c": {"glob": "*.nii"}, "t2f": BASE["sequences"]["t2f"]}}, "both be chosen"),
+        ({"clinical": {**BASE["clinical"], "columns": {"patient_id": "ID"}}}, "lacks"),
+        ({"clinical": {**BASE["clinical"], "values": {"sex": {"M": "man"}}}}, "allowed targets"),
+        ({"center": "a/b"}, "center"),
+        ({"patients": {"id_regex": "^(.+)$"}}, "(?P<patient>"),
+        ({"format": "nifti"}, "format is 'nifti'"),
+    ],
+)
+def test_bad_keys_and_values_name_the_file_and_key(tmp_path: Path, patch: dict, expected: str) -> None:
+    path = write(tmp_path, {**BASE, **patch})
+    with pytest.raises(ConfigError) as err:
+        load_center(path)
+    assert str(path) in str(err.value)
+    assert expected in str(err.value)
+
+
+def test_missing_source_folder_is_an_error_with_the_fix(tmp_path: Path) -> None:
+    path = write(tmp_path, {**BASE, "source": "nowhere"})
+    with pytest.raises(ConfigError, match="does not exist; point 'source'"):
+        load_center(path)
+
+
+def test_source_expands_environment_variables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EXPORT_ROOT", str(tmp_path))
+    cfg = load_center(write(tmp_path, {**BASE, "source": "${EXPORT_ROOT}/export"}))
+    assert cfg.source_path == (tmp_path / "export").resolve()
+    monkeypatch.delenv("EXPORT_ROOT")
+    with pytest.raises(ConfigError, match="EXPORT_ROOT is not set"):
+        load_center(write(tmp_path, {**BASE, "source": "${EXPORT_ROOT}/export"}))
+
+
+def test_not_yaml_and_empty_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("center: [unclosed\n")
+    with pytest.raises(ConfigError, match="line"):
+        load_center(bad)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="empty"):
+        load_center(empty)
+
+
+def test_brats_preset_needs_only_the_clinical_map(tmp_path: Path) -> None:
+    cfg = load_center(write(tmp_path, {"center": "B23", "source": "export", "preset": "brats2023",
+                                       "clinical": BASE["clinical"], "deid": {"key": "k"}}))
+    assert cfg.format == "nifti"
+    assert cfg.sequences.t1c.glob == "*-t1c.nii.gz"
+    assert cfg.masks.lesion.labels == [1, 2, 3] and cfg.masks.tumor.labels == [1, 3]
+    assert cfg.masks.tumor.space == "t1c"
+
+
+def test_preset_values_can_be_overridden(tmp_path: Path) -> None:
+    data = {"center": "B23", "source": "export", "preset": "brats2023", "clinical": BASE["clinical"],
+            "masks": {"tumor": {"labels": [3]}}, "deid": {"key": "k"}}
+    cfg = load_center(write(tmp_path, data))
+    assert cfg.masks.tumor.labels == [3] and cfg.masks.tumor.glob == "*-seg.nii.gz"
+
+
+def test_deid_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = CenterConfig.model_validate({**BASE, "deid": {"key_env": "MY_KEY"}})
+    monkeypatch.delenv("MY_KEY", raising=False)
+    with pytest.raises(ValueError, match="MY_KEY"):
+        cfg.deid.resolve_key()
+    monkeypatch.setenv("MY_KEY", "secret")
+    assert cfg.deid.resolve_key() == "secret"

@@ -1,0 +1,166 @@
+"""Figures and the self-contained HTML report."""
+
+from __future__ import annotations
+
+import base64
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from training.evaluation import (
+    Nomogram,
+    binary_metrics,
+    calibration,
+    clinical_impact,
+    decision_curve,
+    delong_table,
+    roc_curve_data,
+)
+from training.figures import (
+    plot_calibration,
+    plot_clinical_impact,
+    plot_decision_curve,
+    plot_nomogram,
+    plot_roc,
+)
+from training.report import render_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+EVIL = "<script>alert('x')</script> & Co"
+
+
+@pytest.fixture(scope="module")
+def study():
+    rng = np.random.default_rng(0)
+    sets = {}
+    for name, n in (("train", 120), ("validation", 50), ("test", 60)):
+        y = rng.integers(0, 2, n)
+        fusion = 1 / (1 + np.exp(-(2.0 * (y - 0.5) + rng.normal(0, 1, n))))
+        clinical = 1 / (1 + np.exp(-(0.8 * (y - 0.5) + rng.normal(0, 1, n))))
+        sets[name] = (y, {"Fusion": fusion, EVIL: clinical})
+    return sets
+
+
+@pytest.fixture(scope="module")
+def rendered(study, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    models = {
+        name: {s: binary_metrics(y, probs[name], 0.5) for s, (y, probs) in study.items()}
+        for name in ("Fusion", EVIL)
+    }
+    y_test, test = study["test"]
+    metrics = {
+        "models": models,
+        "delong": delong_table(y_test, test, "test"),
+        "calibration": {name: {"test": calibration(y_test, p)} for name, p in test.items()},
+        "decision_curve": {name: {"test": decision_curve(y_test, p)} for name, p in test.items()},
+        "meta": {"title": "ATRX <Fusion> report", "n_train": 120},
+    }
+    nomo = Nomogram.from_logistic(
+        {"imaging_score": 1.1, "age": -0.03, "sex": 0.4, "who_grade": -0.9, "vasari_score": 0.15},
+        -0.5,
+        {
+            "imaging_score": (-4, 4),
+            "age": (18, 80),
+            "sex": (0, 1),
+            "who_grade": (3, 4),
+            "vasari_score": (0, 20),
+        },
+    )
+    figures = {
+        "nomogram": plot_nomogram(
+            nomo, out / "nomogram.png", ticks={"sex": [0, 1], "who_grade": [3, 4]}
+        ),
+        "roc_test": plot_roc(
+            {n: roc_curve_data(y_test, p) for n, p in test.items()}, out / "roc.png"
+        ),
+        "calibration": plot_calibration(
+            {n: c["test"] for n, c in metrics["calibration"].items()}, out / "cal.png"
+        ),
+        "decision_curve": plot_decision_curve(
+            {n: c["test"] for n, c in metrics["decision_curve"].items()}, out / "dca.png"
+        ),
+        "clinical_impact": plot_clinical_impact(
+            clinical_impact(y_test, test["Fusion"]), out / "cic.png"
+        ),
+        "extra <figure>": plot_roc(
+            {"Fusion": roc_curve_data(y_test, test["Fusion"])}, out / "extra.png"
+        ),
+    }
+    path = render_report(metrics, figures, out / "sub" / "report.html")
+    return path, figures
+
+
+def test_figures_are_png_files(rendered):
+    _, figures = rendered
+    for path in figures.values():
+        assert path.exists() and path.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_report_is_self_contained_with_embedded_images(rendered):
+    path, figures = rendered
+    html = path.read_text(encoding="utf-8")
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(images) == len(figures)
+    assert all(base64.b64decode(img)[:8] == PNG_MAGIC for img in images)
+    assert not re.search(r'(src|href)="(?!data:)', html)  # no external assets
+    assert "<link" not in html and "<script" not in html.lower().replace("&lt;script", "")
+
+
+def test_report_has_the_paper_tables(rendered):
+    html = rendered[0].read_text(encoding="utf-8")
+    for text in (
+        "Table 2. Performance of the models in the training and validation sets",
+        "Table 3. Performance of the models in the test set",
+        "Sensitivity",
+        "Specificity",
+        "Accuracy",
+        "AUC (95% CI)",
+        "Training",
+        "Validation",
+        "DeLong test",
+        "Brier score",
+        "Decision-curve analysis",
+    ):
+        assert text in html, text
+    order = [
+        html.index(k)
+        for k in (
+            "Table 2.",
+            "Table 3.",
+            "DeLong test",
+            "Figure 3c.",
+            "Figure 4.",
+            "Figure 5.",
+            "Figure 6.",
+            "extra &lt;figure&gt;",
+        )
+    ]
+    assert order == sorted(order)
+
+
+def test_report_escapes_text(rendered):
+    html = rendered[0].read_text(encoding="utf-8")
+    assert EVIL not in html and "<Fusion>" not in html
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; Co" in html
+    assert "ATRX &lt;Fusion&gt; report" in html
+
+
+def test_report_with_missing_parts(tmp_path):
+    path = render_report({"models": {"A": {"test": {"auc": 0.8}}}}, {}, tmp_path / "r.html")
+    html = path.read_text(encoding="utf-8")
+    assert "Table 3." in html and "0.800" in html and "&mdash;" in html
+    with pytest.raises(ValueError, match="unsupported image type"):
+        (tmp_path / "f.gif").write_bytes(b"GIF89a")
+        render_report({}, {"roc_test": tmp_path / "f.gif"}, tmp_path / "r2.html")
+
+
+def test_importing_figures_does_not_touch_matplotlib():
+    code = "import sys, training.figures, training.report; print('matplotlib' in sys.modules)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "False"

@@ -1,0 +1,197 @@
+"""The study protocol as configuration: ``StudyConfig`` and ``load_study``.
+
+The defaults are the protocol of Liu et al. 2024 (QIMS 14:251), so ``StudyConfig()`` and the
+shipped ``training/study.yaml`` describe the same study; a YAML file only needs the keys it
+changes. Every level forbids unknown keys, so a misspelt key is a ``ConfigError`` naming the
+file and the key instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from atrx.config.base import ConfigError, StrictModel, load_yaml_model
+from atrx.names import ROIS, SEQUENCES, view_name
+
+__all__ = [
+    "DEFAULT_STUDY_PATH",
+    "ConfigError",
+    "ImagingModelSpec",
+    "StudyConfig",
+    "load_study",
+]
+
+DEFAULT_STUDY_PATH = Path(__file__).with_name("study.yaml")
+
+FeatureType = Literal["dl", "radiomics", "hybrid"]
+RoiName = Literal["edema", "tumor", "overall"]
+SequenceName = Literal["t1c", "t2f"]
+ClassifierName = Literal["lr", "rf", "svm"]
+ClinicalVariable = Literal["age", "sex", "who_grade", "vasari_score"]
+StratifyColumn = Literal["sex", "who_grade", "atrx_mutant"]
+
+_TYPE_LABEL = {"dl": "DL", "radiomics": "radiomics", "hybrid": "hybrid"}
+_TYPE_KINDS = {"dl": ("dl",), "radiomics": ("rad",), "hybrid": ("rad", "dl")}
+
+
+class SplitConfig(StrictModel):
+    """Development centers split train/validation (4:1, stratified); external test centers."""
+
+    development_centers: list[str] = Field(default_factory=lambda: ["A", "B"], min_length=1)
+    test_centers: list[str] = Field(default_factory=lambda: ["C"], min_length=1)
+    validation_fraction: float = Field(0.2, gt=0.0, lt=1.0)
+    stratify_by: list[StratifyColumn] = Field(
+        default_factory=lambda: ["sex", "who_grade"], min_length=1
+    )
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> SplitConfig:
+        both = sorted(set(self.development_centers) & set(self.test_centers))
+        if both:
+            raise ValueError(
+                f"centers {both} are both development and test centers; a test center must be "
+                "external (never seen in training)"
+            )
+        return self
+
+
+class SeedsConfig(StrictModel):
+    """Seeds of every random step, so a run can be repeated exactly."""
+
+    split: int = 0
+    cv: int = 0
+    selection: int = 0
+
+
+class SelectionConfig(StrictModel):
+    """The feature-selection chain: Welch t-test -> LASSO (CV AUC) -> backward AIC."""
+
+    alpha: float = Field(0.05, gt=0.0, lt=1.0)
+    lasso_cv: int = Field(10, ge=2)
+    lasso_cs: int = Field(20, ge=1)
+    max_features: int = Field(19, ge=1)
+
+
+class ImagingConfig(StrictModel):
+    """The imaging models: every feature type x ROI, each on all the sequences given."""
+
+    feature_types: list[FeatureType] = Field(
+        default_factory=lambda: ["dl", "radiomics", "hybrid"], min_length=1
+    )
+    rois: list[RoiName] = Field(default_factory=lambda: list(ROIS), min_length=1)
+    sequences: list[SequenceName] = Field(default_factory=lambda: list(SEQUENCES), min_length=1)
+    cv_folds: int = Field(5, ge=2)
+    compare_classifiers: list[ClassifierName] = Field(
+        default_factory=lambda: ["lr", "rf", "svm"], min_length=1
+    )
+
+    @field_validator("feature_types", "rois", "sequences", "compare_classifiers")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate entries in {v}")
+        return v
+
+
+class CutoffConfig(StrictModel):
+    """How the fusion model's high/low risk cutoff (on its probability) is fixed.
+
+    ``youden``: maximises sensitivity + specificity on the training rows (the out-of-fold fused
+    probabilities, see ``training.fusion``); ``fixed``: use ``value`` (the paper reports 0.48).
+    """
+
+    policy: Literal["youden", "fixed"] = "youden"
+    value: float | None = Field(None, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _value_for_fixed(self) -> CutoffConfig:
+        if self.policy == "fixed" and self.value is None:
+            raise ValueError("policy 'fixed' needs a value in (0, 1), e.g. value: 0.48")
+        if self.policy == "youden" and self.value is not None:
+            raise ValueError("value is only used with policy 'fixed'; remove it or set policy: fixed")
+        return self
+
+
+class PromotionConfig(StrictModel):
+    """Retraining promotes a candidate when AUC(candidate) >= AUC(production) - margin, both on
+    the candidate's validation + test rows. A negative margin demands a strict improvement."""
+
+    margin: float = Field(0.02, ge=-1.0, le=1.0)
+
+
+@dataclass(frozen=True)
+class ImagingModelSpec:
+    """One of the imaging models: its name, the paper's label and the feature views it uses."""
+
+    name: str
+    label: str
+    feature_type: str
+    roi: str
+    views: tuple[str, ...]
+
+
+class StudyConfig(StrictModel):
+    """The whole protocol of one training study (defaults: Liu et al. 2024)."""
+
+    name: str = "liu2024"
+    seeds: SeedsConfig = Field(default_factory=SeedsConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    imaging: ImagingConfig = Field(default_factory=ImagingConfig)
+    clinical_variables: list[ClinicalVariable] = Field(
+        default_factory=lambda: ["age", "sex", "who_grade", "vasari_score"], min_length=1
+    )
+    cutoff: CutoffConfig = Field(default_factory=CutoffConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+
+    @field_validator("clinical_variables")
+    @classmethod
+    def _unique_clinical(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate entries in {v}")
+        return v
+
+    def imaging_models(self) -> list[ImagingModelSpec]:
+        """The imaging models in the paper's table order (ROI, then feature type)."""
+        out = []
+        for roi in self.imaging.rois:
+            for ftype in self.imaging.feature_types:
+                views = tuple(
+                    view_name(kind, roi, seq)
+                    for kind in _TYPE_KINDS[ftype]
+                    for seq in self.imaging.sequences
+                )
+                out.append(
+                    ImagingModelSpec(
+                        name=f"{roi}_{ftype}",
+                        label=f"{roi.capitalize()} {_TYPE_LABEL[ftype]}",
+                        feature_type=ftype,
+                        roi=roi,
+                        views=views,
+                    )
+                )
+        return out
+
+    def imaging_views(self) -> list[str]:
+        """Every imaging feature view some imaging model needs, without repeats."""
+        seen: dict[str, None] = {}
+        for spec in self.imaging_models():
+            seen.update(dict.fromkeys(spec.views))
+        return list(seen)
+
+    def study_hash(self) -> str:
+        """sha256 of the canonical JSON of the full configuration (defaults included)."""
+        text = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def load_study(path: str | os.PathLike[str] | None = None) -> StudyConfig:
+    """Read a study YAML (default: ``training/study.yaml``); ``ConfigError`` names file and key."""
+    return load_yaml_model(StudyConfig, DEFAULT_STUDY_PATH if path is None else path)
