@@ -13,6 +13,9 @@ app = typer.Typer(help="ATRX Fusion: multicenter brain MRI to a served ATRX pred
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 center_app = typer.Typer(help="Onboard a center: check its YAML against its export.", no_args_is_help=True)
 app.add_typer(center_app, name="center")
+models_app = typer.Typer(help="The model registry (BentoML model store): list, show, promote.",
+                         no_args_is_help=True)
+app.add_typer(models_app, name="models")
 
 HomeOpt = Annotated[str | None, typer.Option("--home", help="workspace folder (default $ATRX_HOME or ./.atrx)")]
 SchedulerOpt = Annotated[str | None, typer.Option("--scheduler", help="address of an existing Dask scheduler")]
@@ -24,11 +27,18 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("distributed", "radiomics", "feast", "bentoml"):
         logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
+    # the retrain decision is the one line a scheduler's log must always carry
+    logging.getLogger("atrx.retrain").setLevel(logging.INFO)
 
 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
     _setup_logging(verbose)
+    if not verbose:  # libraries' deprecation notices are for their developers, not for our users
+        import warnings
+
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -156,14 +166,143 @@ def _ingest_one(con, cfg, ws, scheduler, workers):  # noqa: ANN001, ANN202 - CLI
 
 
 @app.command()
+def features(
+    home: HomeOpt = None,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
+    gpus: Annotated[bool, typer.Option("--gpus", help="dask_cuda.LocalCUDACluster; the CNN runs on CUDA")] = False,
+    weights: Annotated[str, typer.Option(
+        "--weights", help="imagenet (torchvision's cache), a .pth file, or random:SEED (tests, demos)")] = "imagenet",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="crops per CNN forward pass")] = 32,
+) -> None:
+    """Radiomics and ResNet34 features of every ingested scan into the Feast offline store."""
+    from atrx.ui import console
+    from atrx.workspace import Workspace
+    from features.errors import WeightsError, WeightsNotFoundError
+
+    con = console()
+    try:
+        _features_run(con, Workspace.at(home), scheduler, workers, gpus, weights, batch_size)
+    except (WeightsNotFoundError, WeightsError, FileNotFoundError) as e:
+        raise _fail(str(e)) from None
+
+
+def _features_run(con, ws, scheduler, workers, gpus, weights, batch_size):  # noqa: ANN001, ANN202 - CLI glue
+    from atrx.ui import kv_table, progress_bar, rows_table
+    from features.job import run_features
+
+    if weights.startswith("random:"):
+        con.print(f"[bold yellow]CNN weights are RANDOM ({weights}), not ImageNet: deep features are for "
+                  "tests and demos only. The choice is recorded in the feature version and lineage.[/]")
+    with progress_bar(con, "computing features", 1) as update:
+        summary = run_features(ws, scheduler=scheduler, workers=workers, gpus=gpus, weights=weights,
+                               batch_size=batch_size, progress=update)
+    con.print(rows_table("rows per feature view", ["view", "written this run", "rows in current version"],
+                         summary.view_rows()))
+    failures = summary.failure_rows()
+    if failures:
+        con.print(rows_table(f"ROIs without features ({len(failures)})", ["patient", "view", "status", "reason"],
+                             failures, max_rows=40))
+    con.print(kv_table("features summary", summary.rows()))
+    return summary
+
+
+AsOfOpt = Annotated[str | None, typer.Option("--as-of", help="use labels known on this date (YYYY-MM-DD); default today")]
+StudyOpt = Annotated[Path | None, typer.Option("--study", help="study protocol YAML (default training/study.yaml)")]
+
+
+def _print_tables(con, tables) -> None:  # noqa: ANN001 - CLI glue
+    from atrx.ui import rows_table
+
+    for t in tables:
+        con.print(rows_table(t.title, t.columns, t.rows))
+
+
+@app.command()
+def train(home: HomeOpt = None, as_of: AsOfOpt = None, study: StudyOpt = None) -> None:
+    """Run the study protocol on point-in-time features from Feast; report; register a candidate."""
+    from atrx.config import ConfigError
+    from atrx.ui import console, kv_table
+    from atrx.workspace import Workspace
+    from training.dataset import TrainingDataError
+    from training.job import run_train
+
+    con = console()
+    try:
+        summary = run_train(Workspace.at(home), as_of=as_of, study_path=study)
+    except (ConfigError, TrainingDataError) as e:
+        raise _fail(str(e)) from None
+    _print_tables(con, summary.tables())
+    con.print(kv_table("training summary", summary.rows()))
+    con.print(f"report: {summary.report_path}")
+
+
+@app.command()
+def retrain(home: HomeOpt = None, as_of: AsOfOpt = None, study: StudyOpt = None) -> None:
+    """Train, compare with production on the same evaluation rows, promote when not worse.
+
+    Exit codes: 0 promoted, 10 production kept (candidate worse), 2 bad input, 1 failure.
+    """
+    from atrx.ui import console, kv_table
+    from atrx.workspace import Workspace
+    from training.job import run_retrain
+
+    con = console()
+    summary = run_retrain(Workspace.at(home), as_of=as_of, study_path=study)
+    _print_tables(con, summary.tables())
+    con.print(kv_table("retrain decision", summary.rows()))
+    raise typer.Exit(summary.exit_code)
+
+
+@models_app.command("list")
+def models_list(home: HomeOpt = None) -> None:
+    """Every registered atrx_fusion model with its stage and headline AUCs."""
+    from atrx.ui import console, rows_table
+    from atrx.workspace import Workspace
+    from training.registry import list_models
+
+    listing = list_models(Workspace.at(home))
+    console().print(rows_table(f"atrx_fusion models ({len(listing.models)})", listing.columns, listing.rows()))
+
+
+@models_app.command("show")
+def models_show(tag: Annotated[str, typer.Argument(help="a tag, a version, 'latest' or 'production'")],
+                home: HomeOpt = None) -> None:
+    """Metadata of one model: metrics, features, coefficients, cutoff, feature versions, hashes."""
+    from atrx.ui import console, kv_table
+    from atrx.workspace import Workspace
+    from training.registry import RegistryError, show
+
+    try:
+        record = show(Workspace.at(home), tag)
+    except RegistryError as e:
+        raise _fail(str(e)) from None
+    console().print(kv_table(f"model {record.tag}", record.rows()))
+
+
+@models_app.command("promote")
+def models_promote(tag: Annotated[str, typer.Argument(help="the model to make production")],
+                   home: HomeOpt = None) -> None:
+    """Make a model the production model (the previous one is archived)."""
+    from atrx.ui import console, kv_table
+    from atrx.workspace import Workspace
+    from training.registry import RegistryError, promote
+
+    try:
+        result = promote(Workspace.at(home), tag, reason="manual promotion (atrx models promote)")
+    except RegistryError as e:
+        raise _fail(str(e)) from None
+    console().print(kv_table("promotion", result.rows()))
+
+
+@app.command()
 def demo(
     scale: Annotated[float, typer.Option("--scale", min=0.01, help="cohort size relative to Table 1")] = 0.25,
     home: HomeOpt = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     workers: WorkersOpt = None,
 ) -> None:
-    """The whole flow on a generated three-center cohort: synth, validate, ingest."""
-    import os
+    """The whole flow on a generated three-center cohort: synth, validate, ingest, features, train."""
     import time
 
     from atrx.cluster import default_workers
@@ -179,13 +318,15 @@ def demo(
     ws.ensure()
     cohort = Path(ws.home) / "cohort"
     con.rule("1. synthesise a three-center export")
-    summary = generate_cohort(cohort, scale=scale, seed=seed, workers=workers or default_workers())
-    rows = summary.table()
-    con.print(rows_table("synthetic cohort", list(rows[0].keys()), [list(r.values()) for r in rows]))
-    cfg_paths = sorted((cohort / "centers").glob("*.yaml"))
-    con.rule("2. validate each center (dry run)")
+    if (cohort / "centers").is_dir():
+        con.print(f"reusing the cohort already at {cohort} (delete it to regenerate)")
+    else:
+        summary = generate_cohort(cohort, scale=scale, seed=seed, workers=workers or default_workers())
+        rows = summary.table()
+        con.print(rows_table("synthetic cohort", list(rows[0].keys()), [list(r.values()) for r in rows]))
+    con.rule("2. validate each center (dry run, writes nothing)")
     cfgs = []
-    for path in cfg_paths:
+    for path in sorted((cohort / "centers").glob("*.yaml")):
         cfg = load_center(path)
         plan = plan_center(cfg, cfg.deid.resolve_key())
         c = plan.counts()
@@ -195,8 +336,18 @@ def demo(
     con.rule("3. ingest on Dask")
     for cfg in cfgs:
         _ingest_one(con, cfg, ws, None, workers)
-    con.print(kv_table("demo", [("workspace", ws.home), ("minutes", f"{(time.perf_counter() - t0) / 60:.1f}"),
-                                ("cohort", cohort), ("pid", os.getpid())]))
+    con.rule("4. features on Dask (radiomics + ResNet34)")
+    _features_run(con, ws, None, workers, False, "random:0", 32)
+    con.rule("5. train, report, register; promote when not worse (atrx retrain)")
+    from training.job import run_retrain
+
+    decision = run_retrain(ws)
+    _print_tables(con, decision.tables())
+    con.print(kv_table("retrain decision", decision.rows()))
+    if decision.exit_code not in (0, 10):
+        raise _fail(f"training failed: {decision.error}", code=decision.exit_code)
+    con.print(kv_table("demo", [("workspace", ws.home), ("cohort", cohort),
+                                ("minutes", f"{(time.perf_counter() - t0) / 60:.1f}")]))
 
 
 def run() -> None:

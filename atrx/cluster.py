@@ -51,11 +51,12 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, gpus: 
             from dask_cuda import LocalCUDACluster
         except ImportError as e:
             raise RuntimeError("--gpus needs dask-cuda: pip install 'atrx-fusion[gpu]'") from e
-        cluster = LocalCUDACluster(threads_per_worker=threads_per_worker, dashboard_address=None,
-                                   silence_logs=logging.ERROR)
+        # one worker per GPU, each declaring the resource the CNN tasks ask for
+        cluster = LocalCUDACluster(threads_per_worker=threads_per_worker, dashboard_address=":0",
+                                   silence_logs=logging.ERROR, resources={"GPU": 1})
     else:
         cluster = LocalCluster(n_workers=workers or default_workers(), threads_per_worker=threads_per_worker,
-                               processes=True, dashboard_address=None, silence_logs=logging.ERROR)
+                               processes=True, dashboard_address=":0", silence_logs=logging.ERROR)
     client = Client(cluster)
     try:
         client.run(_limit_threads, threads_per_worker)

@@ -7,7 +7,14 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 
@@ -38,7 +45,21 @@ def rows_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]
 
 @contextmanager
 def progress_bar(con: Console, description: str, total: int) -> Iterator[Callable[[int, int, str], None]]:
-    """A rich progress bar; yields ``update(done, total, label)`` for drivers to call."""
+    """A rich progress bar; yields ``update(done, total, label)`` for drivers to call.
+
+    Without a terminal (a log file, CI) it prints one plain line per tenth of the work instead.
+    """
+    if not con.is_terminal:
+        state = {"last": -1}
+
+        def plain(done: int, total_: int, label: str = "") -> None:
+            tenth = (10 * done) // max(total_, 1)
+            if tenth != state["last"] or done == total_:
+                state["last"] = tenth
+                con.print(f"{description}: {done}/{total_}")
+
+        yield plain
+        return
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=con) as prog:
         task = prog.add_task(description, total=total)

@@ -43,9 +43,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m feature_repo", description="Register and materialize ATRX feature views."
     )
-    parser.add_argument("--home", default=None, help="workspace (default: $ATRX_HOME, else ./.atrx)")
+    parser.add_argument(
+        "--home", default=None, help="workspace (default: $ATRX_HOME, else ./.atrx)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    p_apply = sub.add_parser("apply", help="register the entity and the views of the chosen versions")
+    p_apply = sub.add_parser(
+        "apply", help="register the entity and the views of the chosen versions"
+    )
     p_apply.add_argument("--version", action="append", default=[], metavar="VIEW=VERSION")
     sub.add_parser("versions", help="print the registered version of every view")
     p_mat = sub.add_parser("materialize", help="load the newest values into the online store")

@@ -44,7 +44,12 @@ SEX_VALUES: Final[frozenset[str]] = frozenset({"male", "female"})
 ATRX_STATUS_VALUES: Final[frozenset[str]] = frozenset({"mutant", "wildtype"})
 
 #: the key columns every file starts with, then the imaging extras, then the features
-KEY_COLUMNS: Final[tuple[str, ...]] = (JOIN_KEY, EVENT_TIMESTAMP, CREATED_TIMESTAMP, FEATURE_VERSION)
+KEY_COLUMNS: Final[tuple[str, ...]] = (
+    JOIN_KEY,
+    EVENT_TIMESTAMP,
+    CREATED_TIMESTAMP,
+    FEATURE_VERSION,
+)
 IMAGING_EXTRA_COLUMNS: Final[tuple[str, ...]] = (STUDY_ID, SCAN_VERSION)
 
 PART_PREFIX: Final[str] = "part-"
@@ -116,7 +121,8 @@ def available_versions(ws: Workspace) -> dict[str, list[str]]:
         if not folder.is_dir():
             continue
         versions = sorted(
-            d.name for d in folder.iterdir()
+            d.name
+            for d in folder.iterdir()
             if d.is_dir() and _VERSION_RE.match(d.name) and any(d.glob(PART_GLOB))
         )
         if versions:

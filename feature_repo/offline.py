@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -104,8 +104,9 @@ def export_clinical_and_labels(
 
     ``clinical``: patient_id, age, sex, who_grade, vasari_score, event_timestamp (earliest scan
     date). ``labels``: patient_id, atrx_status ('mutant'/'wildtype'), pathology_date. Both frames are
-    validated before either is written. The new part lands before the old ones are removed; in that
-    instant a reader sees both, and the newer ``created_timestamp`` decides, as it should.
+    validated before either is written. The new part lands before the old ones are removed; a
+    reader in that instant sees both, and for an unchanged event the newer ``created_timestamp``
+    wins.
     """
     created = pd.Timestamp(created_at)
     created = created.tz_localize("UTC") if created.tzinfo is None else created.tz_convert("UTC")
@@ -124,7 +125,9 @@ def export_clinical_and_labels(
     labels_out = pd.DataFrame(
         {
             JOIN_KEY: labels[JOIN_KEY].reset_index(drop=True),
-            EVENT_TIMESTAMP: _utc(LABELS, "pathology_date", labels["pathology_date"]).reset_index(drop=True),
+            EVENT_TIMESTAMP: _utc(LABELS, "pathology_date", labels["pathology_date"]).reset_index(
+                drop=True
+            ),
             CREATED_TIMESTAMP: created,
             FEATURE_VERSION: feature_version,
             "atrx_mutant": (status == "mutant").astype("int64").reset_index(drop=True),
@@ -163,7 +166,8 @@ def direct_point_in_time(
     if not parts:
         raise FileNotFoundError(f"no part files in {version_dir(ws, view, feature_version)}")
     available = [
-        c for c in pq.read_schema(parts[-1]).names
+        c
+        for c in pq.read_schema(parts[-1]).names
         if c not in (*KEY_COLUMNS, *IMAGING_EXTRA_COLUMNS)
     ]
     wanted = list(features) if features is not None else available
@@ -182,7 +186,6 @@ def direct_point_in_time(
             ).reset_index(drop=True),
         }
     )
-    cols = ", ".join(_q(f) for f in wanted)
     glob = parts_glob(ws, view, feature_version).replace("'", "''")
     src = f"read_parquet('{glob}', filename = true, file_row_number = true)"
     # pick the winning row on the narrow key columns, then fetch only those rows' features:
@@ -366,7 +369,9 @@ def _check_tabular_values(view: str, frame: pd.DataFrame) -> None:
         sex = frame["sex"].dropna()
         bad = sorted(set(sex) - SEX_VALUES)
         if bad:
-            raise OfflineSchemaError(f"{view}: column 'sex' has {bad}; expected {sorted(SEX_VALUES)}")
+            raise OfflineSchemaError(
+                f"{view}: column 'sex' has {bad}; expected {sorted(SEX_VALUES)}"
+            )
         return
     status = frame["atrx_status"]
     bad = sorted(set(status) - ATRX_STATUS_VALUES)
@@ -402,7 +407,7 @@ def _check_matches_existing(
 
 
 def _commit(folder: Path, table: pa.Table) -> Path:
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
     final = folder / f"{PART_PREFIX}{stamp}-{uuid.uuid4().hex}{PART_SUFFIX}"
     # the leading dot keeps the temporary file out of the part-*.parquet glob readers use
     tmp = folder / f".tmp-{final.name}"

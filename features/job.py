@@ -59,6 +59,10 @@ META_COLUMNS = ("patient_id", "event_timestamp", "created_timestamp", "feature_v
                 "scan_version")
 
 
+class FeaturesJobError(RuntimeError):
+    """The driver could not store or register results (the message names the view or step)."""
+
+
 @dataclass(frozen=True)
 class Target:
     """One (study version, feature view) to compute."""
@@ -133,6 +137,16 @@ class FeaturesSummary:
         ]
         return out
 
+    def view_rows(self) -> list[tuple[str, int, int]]:
+        """(view, rows written this run, rows in its current version) in canonical view order."""
+        order = [view_name(*v) for v in all_views()]
+        return [(v, c.written, c.total) for v, c in sorted(self.per_view.items(),
+                                                            key=lambda kv: order.index(kv[0]))]
+
+    def failure_rows(self) -> list[tuple[str, str, str, str]]:
+        """(patient pseudonym, view, status, reason) of every ROI that gave no features this run."""
+        return [(f["patient_id"], f["view"], f["status"], f["reason"] or "") for f in self.failures]
+
 
 def run_features(
     ws: Workspace,
@@ -173,8 +187,7 @@ def run_features(
     versions: dict[str, str] = {}
     if "rad" in kinds:
         versions["rad"] = radiomics_version(params)
-    if "dl" in kinds:
-        assert weights_id is not None
+    if weights_id is not None:
         versions["dl"] = deep_version(weights_id)
     view_versions = {view_name(k, r, s): versions[k] for k, r, s in all_views() if k in kinds}
     schemas = _schemas(params, kinds)
@@ -193,13 +206,19 @@ def run_features(
         status = "ok"
         try:
             results: dict[tuple[str, str, int, str], dict[str, Any]] = {}
+            interrupted = False
             if targets:
                 tc = time.perf_counter()
-                results = _compute(ws, targets, params, spec, weights_id, schemas, libs, scheduler,
-                                   workers, gpus, batch_size, progress, run_id, summary)
+                try:
+                    _compute(ws, targets, params, spec, weights_id, schemas, libs, scheduler, workers,
+                             gpus, batch_size, progress, run_id, summary, results)
+                except KeyboardInterrupt:  # keep what finished; the next run does the rest
+                    interrupted = True
                 summary.compute_seconds = time.perf_counter() - tc
             written = _store(cat, ws, run_id, targets, results, view_versions, schemas, params,
                              lineage_versions, summary)
+            if interrupted:
+                raise KeyboardInterrupt
             summary.clinical_exported = _export_clinical(cat, ws, force=bool(written))
             _apply(cat, ws, view_versions, schemas, summary,
                    changed=bool(written) or summary.clinical_exported)
@@ -293,14 +312,14 @@ def _pending(cat: Catalog, scans: list[tuple[Any, ...]], view_versions: dict[str
 def _compute(ws: Workspace, targets: list[Target], params: dict[str, Any], spec: str | None,
              weights_id: str | None, schemas: dict[str, list[str]], libs: dict[str, str],
              scheduler: str | None, workers: int | None, gpus: bool, batch_size: int,
-             progress: ProgressFn | None, run_id: str,
-             summary: FeaturesSummary) -> dict[tuple[str, str, int, str], dict[str, Any]]:
-    """Run the tasks; returns key -> result with ``values`` as a float64 row in schema order."""
+             progress: ProgressFn | None, run_id: str, summary: FeaturesSummary,
+             results: dict[tuple[str, str, int, str], dict[str, Any]]) -> None:
+    """Run the tasks; fills ``results`` (key -> result, ``values`` a float64 row in schema order)
+    as they complete, so an interrupted run still stores what finished."""
     rad = [t for t in targets if t.kind == "rad"]
     # ROIs of one study version side by side: a batch reads each version once
     dl = sorted((t for t in targets if t.kind == "dl"), key=lambda t: (t.zarr_path, t.view))
     device = "cuda" if gpus else "cpu"
-    results: dict[tuple[str, str, int, str], dict[str, Any]] = {}
     with dask_client(scheduler, workers, gpus) as client:
         from distributed import as_completed
 
@@ -342,7 +361,6 @@ def _compute(ws: Workspace, targets: list[Target], params: dict[str, Any], spec:
                 label = (f"{first.patient_id} {first.view}" if first.kind == "rad"
                          else f"{len(batch)} crops ({first.patient_id} {first.view} ...)")
                 progress(done, len(futures), label)
-    return results
 
 
 def _checked(t: Target, res: dict[str, Any], names: list[str]) -> dict[str, Any]:
@@ -416,7 +434,14 @@ def _store(cat: Catalog, ws: Workspace, run_id: str, targets: list[Target],
         values = pd.DataFrame(np.vstack([results[t.key]["values"] for t in ok]).astype(np.float32),
                               columns=schemas[view])
         frame = pd.concat([meta, values], axis=1)
-        summary.offline_parts.append(str(write_offline(ws, view, view_versions[view], frame)))
+        try:
+            part = write_offline(ws, view, view_versions[view], frame)
+        except Exception as e:
+            raise FeaturesJobError(
+                f"cannot write {len(ok)} rows of {view} (feature version {view_versions[view]}, "
+                f"patients {sorted({t.patient_id for t in ok})[:3]}...) to the offline store: {e}"
+            ) from e
+        summary.offline_parts.append(str(part))
         summary.per_view[view] = ViewCount(len(ok), 0)
         written += len(ok)
 
@@ -471,7 +496,11 @@ def _export_clinical(cat: Catalog, ws: Workspace, force: bool) -> bool:
     labels = cat.con.execute("SELECT * FROM labels ORDER BY patient_id").df()
     if clinical.empty and labels.empty:
         return False
-    export_clinical_and_labels(ws, clinical, labels, pd.Timestamp.now(tz="UTC"))
+    try:
+        export_clinical_and_labels(ws, clinical, labels, pd.Timestamp.now(tz="UTC"))
+    except Exception as e:
+        raise FeaturesJobError(
+            f"cannot export {len(clinical)} clinical and {len(labels)} label rows: {e}") from e
     return True
 
 
@@ -489,8 +518,9 @@ def _apply(cat: Catalog, ws: Workspace, view_versions: dict[str, str], schemas: 
            summary: FeaturesSummary, changed: bool) -> None:
     """Register every view that has rows with Feast, at its current (or latest known) version.
 
-    Skipped when nothing changed and the previous features run registered the same versions
-    (``apply`` itself skips views without files: clinical and labels before their first export).
+    Skipped when nothing changed and the previous features run registered the same versions and
+    finished ok; after a failed or interrupted run the registration is redone. ``apply`` itself
+    skips views without files (clinical and labels before their first export).
     """
     # views outside this run keep the version they have; views of this run are registered at the
     # current version once it has rows (never at an older one: that would mix recipes)
@@ -503,10 +533,11 @@ def _apply(cat: Catalog, ws: Workspace, view_versions: dict[str, str], schemas: 
         versions.update({"clinical": TABULAR_VERSION, "labels": TABULAR_VERSION})
     if not versions:
         return
-    last = cat.query(
-        "SELECT counts FROM runs WHERE stage = 'features' AND status = 'ok' AND finished_at IS NOT NULL "
-        "ORDER BY finished_at DESC LIMIT 1")
-    previous = json.loads(last[0][0]).get("applied_versions") if last and last[0][0] else None
+    # the previous features run: only if it finished ok did Feast get what it recorded
+    last = cat.query("SELECT status, counts FROM runs WHERE stage = 'features' AND run_id <> ? "
+                     "ORDER BY started_at DESC LIMIT 1", [summary.run_id])
+    previous = (json.loads(last[0][1]).get("applied_versions")
+                if last and last[0][0] == "ok" and last[0][1] else None)
     summary.applied_versions = versions  # kept in the run's counts for the next run's comparison
     if not changed and previous == versions:
         summary.applied = sorted(versions)
@@ -516,7 +547,12 @@ def _apply(cat: Catalog, ws: Workspace, view_versions: dict[str, str], schemas: 
     # this run's views with this run's columns (a reduced parameter set has fewer than the
     # default); views outside the run keep the default names of their extractor
     names = {v: schemas[v] for v in versions if v in view_versions}
-    summary.applied = list(apply(ws, versions, feature_names=names or None))
+    try:
+        summary.applied = list(apply(ws, versions, feature_names=names or None))
+    except Exception as e:
+        raise FeaturesJobError(
+            f"the features are stored, but registering views {sorted(versions)} with Feast failed: "
+            f"{type(e).__name__}: {e}; the next `atrx features` retries the registration") from e
 
 
 def _known_versions(cat: Catalog) -> dict[str, str]:

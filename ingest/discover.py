@@ -450,11 +450,13 @@ def plan_center(cfg: CenterConfig, key: str, read_masks: bool = True) -> CenterP
     problems: list[Problem] = []
     root = cfg.source_path
     clinical: ClinicalSheetResult | None = None
+    cell_problems: dict[str | None, list[Problem]] = defaultdict(list)
     try:
         clinical = parse_clinical(cfg.clinical_path, cfg.clinical)
         for cp in clinical.problems:
-            problems.append(Problem(cp.raw_id, f"clinical row {cp.row}, column {cp.column!r}: {cp.message}",
-                                    cp.fix, _rel(cfg.clinical_path, root), blocking=False, stage="clinical"))
+            cell_problems[cp.raw_id].append(Problem(
+                cp.raw_id, f"clinical row {cp.row}, column {cp.column!r}: {cp.message}", cp.fix,
+                _rel(cfg.clinical_path, root), stage="clinical"))
     except ClinicalSheetError as e:
         problems.append(Problem(None, str(e), "fix the clinical sheet or the clinical section of the center file",
                                 _rel(cfg.clinical_path, root), stage="clinical"))
@@ -486,8 +488,7 @@ def plan_center(cfg: CenterConfig, key: str, read_masks: bool = True) -> CenterP
             if raw_id in clinical.records:
                 plan.clinical = clinical.records[raw_id]
             elif raw_id in clinical.rejected:
-                plan.refuse("clinical row unusable (see the clinical problems above)", "fix the row in the sheet",
-                            _rel(cfg.clinical_path, root))
+                plan.problems.extend(cell_problems.pop(raw_id, []))
             else:
                 plan.refuse("no row in the clinical sheet",
                             f"add a row whose {cfg.clinical.columns['patient_id']!r} is the patient's raw id "
@@ -499,7 +500,7 @@ def plan_center(cfg: CenterConfig, key: str, read_masks: bool = True) -> CenterP
         else:
             _plan_files(cfg, plan, folders[0], key)
         for study in plan.studies:
-            if study.scan_date is None:
+            if study.scan_date is None and (plan.clinical is not None or cfg.sequences.is_dicom):
                 plan.refuse("no scan date", "map clinical.columns.scan_date or set patients.scan_date_regex "
                             "(DICOM: StudyDate is empty)")
             elif plan.clinical and study.scan_date > plan.clinical.pathology_date:
@@ -510,6 +511,8 @@ def plan_center(cfg: CenterConfig, key: str, read_masks: bool = True) -> CenterP
             check_masks(cfg, plan)
 
     _flag_duplicate_headers(plans)
+    for leftovers in cell_problems.values():  # rows of patients without a folder: notes only
+        problems.extend(Problem(p.patient, p.what, p.fix, p.file, blocking=False, stage=p.stage) for p in leftovers)
     if clinical is not None:
         for raw_id in sorted(set(clinical.records) - set(entries)):
             problems.append(Problem(raw_id, "clinical row without images", "check the export for this patient",

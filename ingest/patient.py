@@ -23,7 +23,12 @@ from atrx import __version__ as atrx_version
 from atrx.config.center import CenterConfig
 from ingest.deid import redact_path, redact_text
 from ingest.discover import PatientPlan, SourceRef, StudyPlan
-from ingest.preprocess import PREPROCESS_VERSION, PreprocessError, PreprocessParams, preprocess_study
+from ingest.preprocess import (
+    PREPROCESS_VERSION,
+    PreprocessError,
+    PreprocessParams,
+    preprocess_study,
+)
 from ingest.readers import ReadError, read_image, read_mask
 from ingest.store import read_attrs, version_path, write_version
 

@@ -67,7 +67,7 @@ class PreprocessParams(BaseModel, extra="forbid", frozen=True):
     spacing_mm: float = Field(1.0, gt=0)
 
     n4_enabled: bool = True
-    n4_shrink: int = Field(2, ge=1)
+    n4_shrink: int = Field(4, ge=1)
     #: iterations per fitting level; the number of entries is the number of levels
     n4_iterations: tuple[int, ...] = (30, 20)
     n4_control_points: int = Field(4, ge=4)  # must exceed the spline order (3)
@@ -257,11 +257,20 @@ def _n4_shrink_factors(size: tuple[int, ...], shrink: int) -> list[int]:
 
 
 def _field_grid(image: sitk.Image, spacing_mm: float) -> sitk.Image:
-    """Coarse grid (same origin and direction) whose voxel centres span all of ``image``'s."""
-    size = [int(math.ceil((n - 1) * s / spacing_mm - 1e-9)) + 1
-            for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True)]
-    ref = sitk.Image([max(4, n) for n in size], sitk.sitkFloat32)
-    ref.SetSpacing([float(spacing_mm)] * 3)
+    """Coarse grid whose first and last voxel centres are ``image``'s (same direction).
+
+    N4 maps its control-point lattice onto whatever grid it is asked to evaluate on, so the
+    coarse grid must span exactly the image's voxel centres; its spacing is therefore about,
+    not exactly, ``spacing_mm``.
+    """
+    size, spacing = [], []
+    for n, s in zip(image.GetSize(), image.GetSpacing(), strict=True):
+        span = (n - 1) * s
+        m = max(4, int(math.ceil(span / spacing_mm - 1e-9)) + 1)
+        size.append(m)
+        spacing.append(span / (m - 1) if span > 0 else s)
+    ref = sitk.Image(size, sitk.sitkFloat32)
+    ref.SetSpacing(spacing)
     ref.SetOrigin(image.GetOrigin())
     ref.SetDirection(image.GetDirection())
     return ref
@@ -842,7 +851,8 @@ def replay(steps: list[dict[str, Any]], t1c: sitk.Image, t2f: sitk.Image, lesion
     """Rebuild a study's arrays from its recorded ``steps`` without re-deciding anything.
 
     The recorded bias fields, transform, thresholds and z-score statistics are applied as
-    stored, so the arrays are bit-identical whatever the machine or thread count. The inputs
+    stored (nothing is fitted or optimised), so the arrays do not depend on the thread count
+    that replays them. The inputs
     must be the recorded ones (sha256 checked) and the record must come from this
     ``PREPROCESS_VERSION``.
     """

@@ -63,7 +63,9 @@ def imaging_frame(view: str, rows: list[tuple], names: list[str]) -> pd.DataFram
     )
 
 
-def export_tabular(ws: Workspace, patients: list[str], label_days: list[str], age: float = 50.0) -> None:
+def export_tabular(
+    ws: Workspace, patients: list[str], label_days: list[str], age: float = 50.0
+) -> None:
     n = len(patients)
     clinical = pd.DataFrame(
         {
@@ -193,7 +195,11 @@ def test_full_default_definitions_are_generated_and_apply(tmp_path: Path) -> Non
         assert fv.tags["feature_version"] == versions[fv.name]
         assert str(ws.offline) in fv.batch_source.path
     tumor = next(fv for fv in views if fv.name == "rad_tumor_t2f")
-    assert (tumor.tags["kind"], tumor.tags["roi"], tumor.tags["sequence"]) == ("rad", "tumor", "t2f")
+    assert (tumor.tags["kind"], tumor.tags["roi"], tumor.tags["sequence"]) == (
+        "rad",
+        "tumor",
+        "t2f",
+    )
     assert not next(fv for fv in views if fv.name == LABELS).online
 
     # Feast 0.67 itself needs no data at apply time (the sources are not read) ...
@@ -206,7 +212,12 @@ def test_full_default_definitions_are_generated_and_apply(tmp_path: Path) -> Non
     export_tabular(ws, ["A-000000000001"], [LABEL_DAY])
     for view in IMAGING_VIEWS:
         names = default_feature_names(view)
-        write_offline(ws, view, "w1", imaging_frame(view, [("A-000000000001", "2021-01-01", CREATED, 0.5)], names))
+        write_offline(
+            ws,
+            view,
+            "w1",
+            imaging_frame(view, [("A-000000000001", "2021-01-01", CREATED, 0.5)], names),
+        )
     assert store.apply(ws, versions) == list(ALL_VIEWS)
     assert store.registered_versions(ws) == versions
     registered = {fv.name: len(fv.features) for fv in store.open_store(ws).list_feature_views()}
@@ -217,9 +228,18 @@ def test_full_default_definitions_are_generated_and_apply(tmp_path: Path) -> Non
 
 def test_apply_refuses_a_folder_without_the_registered_features(tmp_path: Path) -> None:
     ws = Workspace.at(tmp_path)
-    write_offline(ws, PIT_VIEW, "w1", imaging_frame(PIT_VIEW, [("P", "2021-01-01", CREATED, 1.0)], [PIT_FEATURE]))
+    write_offline(
+        ws,
+        PIT_VIEW,
+        "w1",
+        imaging_frame(PIT_VIEW, [("P", "2021-01-01", CREATED, 1.0)], [PIT_FEATURE]),
+    )
     with pytest.raises(ValueError, match=r"rad_tumor_t1c.*feature_names"):
-        store.apply(ws, {PIT_VIEW: "w1"}, {PIT_VIEW: [PIT_FEATURE, f"{PIT_VIEW}__original__firstorder__median"]})
+        store.apply(
+            ws,
+            {PIT_VIEW: "w1"},
+            {PIT_VIEW: [PIT_FEATURE, f"{PIT_VIEW}__original__firstorder__median"]},
+        )
 
 
 # --------------------------------------------------------------------------- all views
@@ -238,13 +258,17 @@ def everything(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     ws = Workspace.at(tmp_path_factory.mktemp("all"))
     rng = np.random.default_rng(7)
     patients = [f"A-{i:012x}" for i in range(10)]
-    label_days = [str((ts("2019-01-01") + pd.Timedelta(days=int(d))).date()) for d in rng.integers(0, 900, 10)]
+    label_days = [
+        str((ts("2019-01-01") + pd.Timedelta(days=int(d))).date()) for d in rng.integers(0, 900, 10)
+    ]
     export_tabular(ws, patients, label_days)
     versions = {CLINICAL: "v1", LABELS: "v1"}
     for view in IMAGING_VIEWS:
         rows = []
         for patient, day in zip(patients, label_days, strict=True):
-            for offset in rng.choice(np.arange(-900, 120), size=int(rng.integers(1, 4)), replace=False):
+            for offset in rng.choice(
+                np.arange(-900, 120), size=int(rng.integers(1, 4)), replace=False
+            ):
                 scan = str((ts(day) + pd.Timedelta(days=int(offset))).date())
                 for extraction in range(int(rng.integers(1, 3))):
                     rows.append((patient, scan, CREATED + pd.Timedelta(hours=extraction), 0.0))
@@ -261,7 +285,9 @@ def test_historical_features_across_all_views_equal_direct_duckdb(everything: di
     ws, versions = everything["ws"], everything["versions"]
     entities = label_entities(ws).sample(frac=1.0, random_state=3)  # any row order is kept
     got = store.historical_features(ws, entities)
-    expected_columns = ["patient_id", "event_timestamp"] + [n for v in ALL_VIEWS for n in small_names(v)]
+    expected_columns = ["patient_id", "event_timestamp"] + [
+        n for v in ALL_VIEWS for n in small_names(v)
+    ]
     assert list(got.columns) == expected_columns
     assert len(got) == len(entities)
     assert list(got["patient_id"]) == list(entities["patient_id"])
@@ -291,7 +317,8 @@ def test_materialize_then_online_features_gives_latest_values(everything: dict) 
     rows = read_offline(ws, view, "w1")
     latest = (
         rows.sort_values(["event_timestamp", "created_timestamp"])
-        .groupby("patient_id")[feature].last()
+        .groupby("patient_id")[feature]
+        .last()
     )
     for patient in two:
         assert got.loc[patient, feature] == pytest.approx(float(latest[patient]))
@@ -307,19 +334,41 @@ def test_write_offline_rejects_missing_timestamp_naming_view_and_column(tmp_path
     frame = imaging_frame(PIT_VIEW, [("P", "2021-01-01", CREATED, 1.0)], [PIT_FEATURE])
     with pytest.raises(OfflineSchemaError, match=r"rad_tumor_t1c.*event_timestamp"):
         write_offline(ws, PIT_VIEW, "w1", frame.drop(columns="event_timestamp"))
-    with pytest.raises(OfflineSchemaError, match=r"rad_tumor_t1c.*'rad_tumor_t1c__original__firstorder__mean'"):
+    with pytest.raises(
+        OfflineSchemaError, match=r"rad_tumor_t1c.*'rad_tumor_t1c__original__firstorder__mean'"
+    ):
         write_offline(ws, PIT_VIEW, "w1", frame.assign(**{PIT_FEATURE: "high"}))
     with pytest.raises(OfflineSchemaError, match=r"clinical.*'sex'"):
-        write_offline(ws, CLINICAL, "v1", pd.DataFrame({
-            "patient_id": ["P"], "event_timestamp": [CREATED], "created_timestamp": [CREATED],
-            "age": [50.0], "sex": ["m"], "who_grade": [4], "vasari_score": [1.0]}))
+        write_offline(
+            ws,
+            CLINICAL,
+            "v1",
+            pd.DataFrame(
+                {
+                    "patient_id": ["P"],
+                    "event_timestamp": [CREATED],
+                    "created_timestamp": [CREATED],
+                    "age": [50.0],
+                    "sex": ["m"],
+                    "who_grade": [4],
+                    "vasari_score": [1.0],
+                }
+            ),
+        )
     assert part_files(ws, PIT_VIEW, "w1") == []
 
 
 def test_write_offline_refuses_to_mix_feature_sets_in_one_version(tmp_path: Path) -> None:
     ws = Workspace.at(tmp_path)
-    write_offline(ws, PIT_VIEW, "w1", imaging_frame(PIT_VIEW, [("P", "2021-01-01", CREATED, 1.0)], [PIT_FEATURE]))
-    other = imaging_frame(PIT_VIEW, [("Q", "2021-01-01", CREATED, 1.0)], [f"{PIT_VIEW}__original__shape__flatness"])
+    write_offline(
+        ws,
+        PIT_VIEW,
+        "w1",
+        imaging_frame(PIT_VIEW, [("P", "2021-01-01", CREATED, 1.0)], [PIT_FEATURE]),
+    )
+    other = imaging_frame(
+        PIT_VIEW, [("Q", "2021-01-01", CREATED, 1.0)], [f"{PIT_VIEW}__original__shape__flatness"]
+    )
     with pytest.raises(OfflineSchemaError, match="new version folder"):
         write_offline(ws, PIT_VIEW, "w1", other)
     write_offline(ws, PIT_VIEW, "w2", other)
@@ -338,7 +387,9 @@ def test_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(off.pq, "write_table", crash_half_way)
     with pytest.raises(OSError, match="disk full"):
-        write_offline(ws, PIT_VIEW, "w1", frame.assign(created_timestamp=CREATED + pd.Timedelta(days=1)))
+        write_offline(
+            ws, PIT_VIEW, "w1", frame.assign(created_timestamp=CREATED + pd.Timedelta(days=1))
+        )
     monkeypatch.undo()
     assert sorted(os.listdir(folder)) == [first.name]
     assert re.fullmatch(r"part-\d{8}T\d{12}Z-[0-9a-f]{32}\.parquet", first.name)
@@ -362,7 +413,9 @@ def test_export_replaces_the_previous_export(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- CLI config
 
 
-def test_feature_store_yaml_matches_the_sdk_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_feature_store_yaml_matches_the_sdk_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from feast.repo_config import load_repo_config
 
     monkeypatch.setenv("ATRX_HOME", str(tmp_path))
@@ -377,7 +430,9 @@ def test_feature_store_yaml_matches_the_sdk_config(tmp_path: Path, monkeypatch: 
     assert from_yaml.registry.cache_ttl_seconds == from_sdk.registry.cache_ttl_seconds
 
 
-def test_feast_cli_apply_is_stopped_before_it_deletes_views(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_feast_cli_apply_is_stopped_before_it_deletes_views(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from feast.repo_operations import parse_repo
 
     monkeypatch.chdir(REPO_ROOT)

@@ -184,6 +184,7 @@ def test_every_view_has_its_rows_names_and_counts(first_run) -> None:
     assert summary.results == {"ok": 44, "failed": 4}
     labels = dict(summary.rows())
     assert labels["ROIs failed (recorded, not retried)"] == "4"
+    assert [v for v, _, _ in summary.view_rows()] == [view_name(*v) for v in all_views()]
 
 
 def test_a_failed_roi_is_in_lineage_with_its_reason_and_not_in_parquet(first_run) -> None:
@@ -195,7 +196,7 @@ def test_a_failed_roi_is_in_lineage_with_its_reason_and_not_in_parquet(first_run
     assert sorted(failed["feature_view"]) == ["dl_edema_t1c", "dl_edema_t2f", "rad_edema_t1c", "rad_edema_t2f"]
     assert set(zip(failed["patient_id"], failed["study_id"], strict=True)) == {NO_EDEMA}
     assert failed["reason"].str.contains("empty mask").all()
-    assert {(f["patient_id"], f["view"]) for f in summary.failures} == {
+    assert {(p, v) for p, v, _, _ in summary.failure_rows()} == {
         (NO_EDEMA[0], v) for v in failed["feature_view"]}
     for view in failed["feature_view"]:
         frame = read_view(ws, view, summary.versions[view.split("_")[0]])
@@ -264,6 +265,28 @@ def test_random_weights_give_the_same_features_in_a_fresh_cluster(first_run, tmp
         assert list(a["study_id"]) == list(b["study_id"])
         names = deep_feature_names(roi, seq)
         np.testing.assert_allclose(a[names].to_numpy(), b[names].to_numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_a_new_study_version_is_computed_alone(first_run, cluster) -> None:
+    """Version 2 of a study gets its 12 views; nothing else is recomputed, version 1 rows stay."""
+    ws, first, _ = first_run
+    pid, sid, _, date, _, _ = STUDIES[0]
+    with Catalog(ws.catalog) as cat:
+        path = version_path(CENTER, pid, sid, 2)
+        arrays = study_arrays(99, edema=True)
+        digest = write_version(ws.images, path, arrays, {"geometry": GEOMETRY})
+        cat.record_scan(CENTER, "ingest-test-2", {
+            "patient_id": pid, "study_id": sid, "version": 2, "scan_date": date, "zarr_path": path,
+            "source_hash": "src-99", "content_hash": digest, "shape": [Z, Y, X], "roi_voxels": {},
+            "sources": {}}, "pp-test", "pre-test")
+    summary = run_features(ws, scheduler=cluster.scheduler.address, weights=RANDOM,
+                           radiomics_params=reduced_params())
+    assert summary.tasks == 6 + 1 and summary.results == {"ok": 12}
+    for view, written, total in summary.view_rows():
+        assert written == 1 and total == first.per_view[view].total + 1
+        frame = read_view(ws, view, summary.versions[view.split("_")[0]])
+        versions = sorted(frame.loc[frame["study_id"] == sid, "scan_version"])
+        assert versions == [1, 2]  # the old row stays; Feast takes the newer created_timestamp
 
 
 # failure modes --------------------------------------------------------------------------------

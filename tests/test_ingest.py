@@ -154,8 +154,7 @@ def test_missing_sequence_mask_duplicate_and_clinical_faults(cohort: Path, tmp_p
     assert "missing sequence" in reasons("A", a[0]) and "sequences.t2f" in reasons("A", a[0])
     assert "duplicate patient" in reasons("A", a[1]) and "duplicate patient" in reasons("A", "CQ9999999")
     assert "missing masks.lesion" in reasons("C", c[0])
-    assert "clinical row unusable" in reasons("C", c[1])
-    assert "'fifty' is not a number" in " ".join(rows.reason)
+    assert "column 'Age at diagnosis': 'fifty' is not a number" in reasons("C", c[1])
 
 
 def test_missing_clinical_row_is_quarantined(cohort: Path, tmp_path: Path) -> None:
@@ -198,7 +197,7 @@ def test_no_planted_phi_reaches_store_catalog_or_output(cohort: Path, tmp_path: 
     env = {**os.environ, "ATRX_HOME": str(home)}
     cmd = [sys.executable, "-m", "atrx.cli", "ingest", *(str(root / "centers" / f"{c}.yaml") for c in "ABC"),
            "--workers", "2"]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-2000:]
     phi = _planted_phi(root)
     assert len(phi) > 10

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import logging
+import os
 import platform
 import shutil
 import sys
@@ -33,8 +34,10 @@ from atrx.names import ROIS, SEQUENCES, all_views, view_name
 from atrx.workspace import Workspace
 from ingest.store import version_path, write_version
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _record import append_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
-DOC = ROOT / "docs" / "benchmarks.md"
 GFLOP_PER_IMAGE = 7.3  # ResNet34 at 224x224: 3.6 G multiply-adds
 
 
@@ -109,14 +112,16 @@ def dask_job(ws: Workspace, params: dict[str, Any], workers: int) -> tuple[int, 
     from distributed import Client, LocalCluster
 
     from atrx.cluster import _limit_threads
-    from features.job import run_features
+    from features.job import library_versions, run_features
     from features.radiomics import radiomics_feature_names
 
     t0 = time.perf_counter()
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                       silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         client.run(_limit_threads, 1)
-        # warm: imports and PyRadiomics' once-per-process name probe are start-up, not throughput
+        # warm: imports (torch comes with features.tasks) and PyRadiomics' once-per-process name
+        # probe are start-up costs, not throughput
+        client.run(library_versions)
         client.run(radiomics_feature_names, "tumor", "t1c", params)
         start = time.perf_counter() - t0
         t1 = time.perf_counter()
@@ -208,14 +213,14 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=["a", "b", "c"], default=["a", "b", "c"])
     ap.add_argument("--no-write", action="store_true", help="print only; do not append to docs/benchmarks.md")
     args = ap.parse_args()
-    if str(ROOT) not in sys.path:  # feature_repo is imported from the checkout, not installed
-        sys.path.insert(0, str(ROOT))
     from features.radiomics import load_params
 
     command = (f".venv/bin/python benchmarks/features/run.py --studies {args.studies} --size {args.size} "
                f"--workers {args.workers} --crops {args.crops} --patients {args.patients} "
                f"--only {' '.join(args.only)}")
-    lines = [f"\n### Features, {dt.date.today()} ({platform.processor() or platform.machine()})\n",
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    lines = [f"\n### Features, {dt.date.today()} ({platform.processor() or platform.machine()}, "
+             f"{os.cpu_count()} cores, load average at start {load})\n",
              f"Command: `{command}`\n",
              "| measure | ours | baseline | ratio (ours / baseline) |", "|---|---|---|---|"]
     # (a) and (b) are rates (higher is better); (c) is seconds (lower is better)
@@ -258,12 +263,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        DOC.parent.mkdir(exist_ok=True)
-        if not DOC.exists():
-            DOC.write_text("# Benchmarks\n\nRatios against the named baseline, with the command that "
-                           "reproduces each row. Machine: 2 cores, 24 GiB, no GPU unless stated.\n")
-        with DOC.open("a") as fh:
-            fh.write(text)
+        append_section(text)
 
 
 if __name__ == "__main__":

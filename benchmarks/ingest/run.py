@@ -12,6 +12,7 @@ import argparse
 import datetime as dt
 import platform
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,7 +22,8 @@ from atrx.workspace import Workspace
 from ingest.driver import run_ingest
 from ingest.synth import generate_cohort
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _record import append_section  # noqa: E402
 
 
 def measure(cohort: Path, workers: int) -> tuple[int, float]:
@@ -67,12 +69,7 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     print(text)
     if not args.no_write:
-        DOC.parent.mkdir(exist_ok=True)
-        if not DOC.exists():
-            DOC.write_text("# Benchmarks\n\nRatios against the named baseline, with the command that "
-                           "reproduces each row. Machine: 2 cores, 24 GiB, no GPU unless stated.\n")
-        with DOC.open("a") as fh:
-            fh.write(text)
+        append_section(text)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,94 @@
+"""``atrx materialize``: load the online store with exactly what the production model reads.
+
+Only the views holding the production model's required features are materialized (``labels``
+never; imaging views the model does not use neither): materializing a full-width view costs
+minutes and the service would never read it. The run refuses when a needed view is registered
+with another feature version than the model was trained on: the service would refuse to start
+on that store anyway, and the fix (retrain, or re-apply the model's versions) comes first.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from atrx.workspace import Workspace
+from serving.predictor import (
+    ServingSetupError,
+    feature_views_of,
+    needed_versions,
+    production_record,
+    require_versions,
+)
+
+
+@dataclass
+class MaterializeSummary:
+    """What one run loaded; ``rows()`` feeds the CLI's key/value table."""
+
+    model_tag: str
+    views: list[str]
+    feature_versions: dict[str, str]
+    required_features: list[str]
+    online_store: str
+    end: datetime
+    full: bool
+    seconds: float
+    exit_code: int = 0
+    skipped_views: list[str] = field(default_factory=list)
+
+    def rows(self) -> list[tuple[str, str]]:
+        out = [
+            ("production model", self.model_tag),
+            ("mode", "full reload from 1970" if self.full else "incremental"),
+            ("up to", self.end.isoformat(timespec="seconds")),
+            ("online store", self.online_store),
+            ("views materialized", ", ".join(self.views)),
+        ]
+        out += [(f"feature version {v}", self.feature_versions[v]) for v in self.views]
+        out.append(("features served", str(len(self.required_features))))
+        if self.skipped_views:
+            out.append(("registered views not needed", ", ".join(self.skipped_views)))
+        out.append(("seconds", f"{self.seconds:.1f}"))
+        return out
+
+
+def run_materialize(
+    ws: Workspace, full: bool = False, end_date: datetime | None = None
+) -> MaterializeSummary:
+    """Materialize the production model's views into the online store (SQLite by default).
+
+    Incremental from each view's previous run (``full=True`` reloads from 1970, needed after
+    re-extracting old scans). Raises :class:`serving.predictor.ServingSetupError` (a
+    ``ValueError``) when there is no production model ("run `atrx train` / `atrx retrain`
+    first") or a needed view is unregistered or registered with another feature version.
+    """
+    from feature_repo.store import materialize, registered_versions
+
+    t0 = time.perf_counter()
+    record = production_record(ws, "production")
+    required = list(record.metadata.get("required_features") or [])
+    if not required:
+        raise ServingSetupError(
+            f"{record.tag} has no required_features in its registry metadata; re-register it "
+            "with `atrx train`"
+        )
+    versions = needed_versions(record.metadata, required)
+    views = list(feature_views_of(required))
+    registered = registered_versions(ws)
+    require_versions(str(record.tag), versions, registered, action="materialize for")
+    end = end_date or datetime.now(UTC)
+    end = end if end.tzinfo else end.replace(tzinfo=UTC)
+    done = materialize(ws, end_date=end, views=views, full=full)
+    return MaterializeSummary(
+        model_tag=str(record.tag),
+        views=list(done),
+        feature_versions=versions,
+        required_features=required,
+        online_store=ws.online,
+        end=end,
+        full=full,
+        seconds=time.perf_counter() - t0,
+        skipped_views=[v for v in registered if v not in views],
+    )

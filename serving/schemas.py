@@ -1,0 +1,138 @@
+"""Typed request and response bodies of the prediction service.
+
+Requests subclass :class:`PayloadModel`, a BentoML ``IODescriptor`` that turns a pydantic
+validation failure into HTTP 422 naming the offending fields. BentoML 1.4's own handler answers a
+``ValidationError`` with 400, and the task wants malformed payloads to be 422 like every other
+"valid JSON, unusable content" answer. Input values are never echoed in errors
+(``hide_input_in_errors``): a rejected request may carry clinical values, and errors are logged.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from bentoml import IODescriptor
+from bentoml.exceptions import UnprocessableEntity
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+#: a pseudonymous patient id such as ``A-3f2a9c1b0d4e`` (also keeps log lines clean)
+PATIENT_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+#: most patients one ``/predict_batch`` call may name
+MAX_BATCH = 1000
+
+PatientId = Annotated[
+    str, StringConstraints(strip_whitespace=True, pattern=PATIENT_ID_PATTERN, max_length=128)
+]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class InvalidPayload(UnprocessableEntity):
+    """HTTP 422: the body is not JSON or does not match the request model; names the fields."""
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """``field: problem`` for each error, without the submitted values."""
+    parts = []
+    for err in exc.errors(include_input=False, include_context=False, include_url=False):
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+class PayloadModel(IODescriptor):
+    """Base of every request body: strict fields, 422 on bad input, inputs never echoed."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    @classmethod
+    async def from_http_request(cls, request: Request, serde: Any) -> IODescriptor:
+        try:
+            return await super().from_http_request(request, serde)
+        except ValidationError as exc:
+            raise InvalidPayload(
+                f"invalid {cls.__name__} body: {describe_validation_error(exc)}"
+            ) from None
+
+
+class PredictRequest(PayloadModel):
+    """``POST /predict``: one patient, features looked up in the online store."""
+
+    patient_id: PatientId
+
+
+class BatchPredictRequest(PayloadModel):
+    """``POST /predict_batch``: several patients, ONE online lookup for all of them."""
+
+    patient_ids: list[PatientId] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class ClinicalValues(BaseModel):
+    """The fusion model's clinical variables, as the ``clinical`` feature view stores them."""
+
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    age: FiniteFloat = Field(ge=0, le=120, description="years at the first scan")
+    sex: Literal["male", "female"]
+    who_grade: int = Field(ge=1, le=4, description="CNS WHO grade")
+    vasari_score: FiniteFloat
+
+
+class FeaturesRequest(PayloadModel):
+    """``POST /predict_features``: explicit values, no lookup (e.g. a patient not yet ingested).
+
+    ``imaging`` maps each imaging feature the model needs (its canonical name, see
+    ``GET /model``) to its value; a missing or unknown name is a 422 naming it.
+    """
+
+    patient_id: PatientId | None = None
+    clinical: ClinicalValues
+    imaging: dict[str, FiniteFloat]
+
+
+class Prediction(BaseModel):
+    """One patient's fused prediction and how it was made."""
+
+    patient_id: str | None
+    probability: float = Field(description="P(ATRX mutant) of the fusion model")
+    risk_group: Literal["high", "low"]
+    cutoff: float = Field(description="probability at or above which the risk group is high")
+    imaging_score: float = Field(description="linear predictor of the imaging model")
+    contributions: dict[str, float] = Field(description="nomogram points per variable")
+    total_points: float
+    model_version: str = Field(description="BentoML tag of the model that answered")
+    feature_timestamps: dict[str, datetime] = Field(
+        default_factory=dict,
+        description="feature view -> event time of the online row used (empty for "
+        "/predict_features)",
+    )
+
+
+class BatchPrediction(BaseModel):
+    """``/predict_batch`` answer: one prediction per requested id, in request order."""
+
+    model_version: str
+    predictions: list[Prediction]
+
+
+class ModelDescription(BaseModel):
+    """``POST /model``: what the service serves and which features it needs."""
+
+    model_version: str
+    required_features: list[str]
+    imaging_features: list[str]
+    clinical_features: list[str]
+    feature_versions: dict[str, str]
+    cutoff: float
+
+
+def finite(value: float) -> float:
+    """``value`` as float, refusing NaN/inf (a response must never carry them)."""
+    x = float(value)
+    if not math.isfinite(x):
+        raise ValueError("non-finite value in a prediction")
+    return x
