@@ -27,6 +27,10 @@ def _setup_logging(verbose: bool) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("distributed", "radiomics", "feast", "bentoml"):
         logging.getLogger(noisy).setLevel(logging.ERROR if not verbose else logging.INFO)
+    # libraries' warnings (deprecations, small-sample notes) go to the log, shown with --verbose;
+    # routing them through logging survives libraries that reset the warnings filters
+    logging.captureWarnings(True)
+    logging.getLogger("py.warnings").setLevel(logging.DEBUG if verbose else logging.ERROR)
     # the retrain decision is the one line a scheduler's log must always carry
     logging.getLogger("atrx.retrain").setLevel(logging.INFO)
 
@@ -34,11 +38,6 @@ def _setup_logging(verbose: bool) -> None:
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
     _setup_logging(verbose)
-    if not verbose:  # libraries' deprecation notices are for their developers, not for our users
-        import warnings
-
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -296,13 +295,86 @@ def models_promote(tag: Annotated[str, typer.Argument(help="the model to make pr
 
 
 @app.command()
+def materialize(
+    home: HomeOpt = None,
+    full: Annotated[bool, typer.Option("--full", help="reload every row, not only what is new")] = False,
+) -> None:
+    """Load the features the production model needs into Feast's online store (incremental)."""
+    from atrx.ui import console, kv_table
+    from atrx.workspace import Workspace
+    from serving.materialize import run_materialize
+    from serving.predictor import ServingSetupError
+
+    try:
+        summary = run_materialize(Workspace.at(home), full=full)
+    except ServingSetupError as e:
+        raise _fail(str(e)) from None
+    console().print(kv_table("materialize summary", summary.rows()))
+
+
+@app.command()
+def serve(
+    home: HomeOpt = None,
+    port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 3000,
+    host: Annotated[str, typer.Option("--host", help="interface to bind")] = "127.0.0.1",
+) -> None:
+    """Serve the production model over HTTP (BentoML); Ctrl-C stops it. API key: $ATRX_API_KEY."""
+    from atrx.ui import console
+    from atrx.workspace import Workspace
+    from serving.predictor import ServingSetupError
+    from serving.server import ServerStartError
+    from serving.server import serve as start_server
+
+    con = console()
+    try:
+        server = start_server(Workspace.at(home), port, host=host)
+    except ServingSetupError as e:
+        raise _fail(str(e)) from None
+    with server:
+        try:
+            server.wait_ready()
+        except ServerStartError as e:
+            raise _fail(str(e), code=1) from None
+        con.print(f"serving {server.url}  (POST /predict, /predict_batch, /predict_features; Ctrl-C stops)")
+        code = server.wait()
+    raise typer.Exit(0 if code in (0, 130, -15) else code)
+
+
+@app.command()
+def predict(
+    patient_id: Annotated[str, typer.Argument(help="the patient's pseudonym, e.g. A-3f2a9c1b0d4e")],
+    url: Annotated[str, typer.Option("--url", help="the server started by `atrx serve`")] = "http://127.0.0.1:3000",
+) -> None:
+    """Ask a running server for one patient's prediction (API key from $ATRX_API_KEY)."""
+    from atrx.ui import console, kv_table
+    from serving.server import ServingHTTPError, predict_http
+
+    try:
+        answer = predict_http(url, patient_id)
+    except ServingHTTPError as e:
+        raise _fail(str(e), code=1) from None
+    except OSError as e:
+        raise _fail(f"cannot reach {url} ({e}); start it with `atrx serve`", code=1) from None
+    console().print(kv_table(f"prediction for {patient_id}", _prediction_rows(answer)))
+
+
+def _prediction_rows(answer: dict) -> list[tuple[str, str]]:
+    rows = [(k, f"{answer[k]:.3f}" if isinstance(answer[k], float) else str(answer[k]))
+            for k in ("probability", "risk_group", "imaging_score", "model_version") if k in answer]
+    rows += [(f"points: {k}", f"{v:.1f}") for k, v in (answer.get("contributions") or {}).items()]
+    rows += [(f"features as of: {k}", str(v)) for k, v in (answer.get("feature_timestamps") or {}).items()]
+    return rows
+
+
+@app.command()
 def demo(
-    scale: Annotated[float, typer.Option("--scale", min=0.01, help="cohort size relative to Table 1")] = 0.25,
+    scale: Annotated[float, typer.Option("--scale", min=0.01, help="cohort size relative to Table 1")] = 0.2,
     home: HomeOpt = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     workers: WorkersOpt = None,
 ) -> None:
-    """The whole flow on a generated three-center cohort: synth, validate, ingest, features, train."""
+    """The whole flow on a generated three-center cohort: synth, validate, ingest, features, train,
+    register and promote, materialize, serve, predict over HTTP."""
     import time
 
     from atrx.cluster import default_workers
@@ -346,8 +418,39 @@ def demo(
     con.print(kv_table("retrain decision", decision.rows()))
     if decision.exit_code not in (0, 10):
         raise _fail(f"training failed: {decision.error}", code=decision.exit_code)
-    con.print(kv_table("demo", [("workspace", ws.home), ("cohort", cohort),
+    con.rule("6. materialise the production model's features into the online store")
+    from serving.materialize import run_materialize
+
+    con.print(kv_table("materialize summary", run_materialize(ws).rows()))
+    con.rule("7. serve over HTTP and ask for a few predictions")
+    _demo_predictions(con, ws)
+    report = decision.train.report_path if decision.train else "-"
+    con.print(kv_table("demo", [("workspace", ws.home), ("cohort", cohort), ("report", report),
                                 ("minutes", f"{(time.perf_counter() - t0) / 60:.1f}")]))
+    con.print(f"[bold]Open the report:[/] {report}")
+
+
+def _demo_predictions(con, ws) -> None:  # noqa: ANN001 - CLI glue
+    import duckdb
+
+    from atrx.ui import rows_table
+    from serving.server import free_port, predict_http
+    from serving.server import serve as start_server
+
+    with duckdb.connect(ws.catalog, read_only=True) as cat:
+        ids = [r[0] for r in cat.execute(
+            "SELECT patient_id FROM labels WHERE patient_id IN (SELECT patient_id FROM scans) "
+            "ORDER BY center DESC, patient_id LIMIT 4").fetchall()]
+    log = Path(ws.logs) / "demo-server.log"
+    with start_server(ws, free_port(), log_file=log) as server:
+        server.wait_ready(timeout=180)
+        rows = []
+        for pid in ids:
+            a = predict_http(server.url, pid)
+            rows.append((pid, f"{a['probability']:.3f}", a["risk_group"], f"{a['imaging_score']:.2f}",
+                         a["model_version"]))
+        con.print(rows_table(f"predictions from {server.url}/predict", ["patient", "probability", "risk group",
+                                                                          "imaging score", "model"], rows))
 
 
 def run() -> None:

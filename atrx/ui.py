@@ -19,7 +19,11 @@ from rich.table import Table
 
 
 def console(stderr: bool = False) -> Console:
-    return Console(stderr=stderr, highlight=False)
+    """Our console; without a terminal (logs, CI) tables get 160 columns instead of rich's 80."""
+    con = Console(stderr=stderr, highlight=False)
+    if not con.is_terminal:
+        con = Console(stderr=stderr, highlight=False, width=160)
+    return con
 
 
 def kv_table(title: str, rows: Sequence[tuple[str, Any]]) -> Table:

@@ -51,13 +51,13 @@ class Geometry:
     direction: tuple[float, ...]
 
     def differences(self, other: Geometry, tol: float = 1e-2) -> list[str]:
+        """What differs beyond ``tol`` (mm for spacing and origin, cosines for direction)."""
         out = []
         if self.size != other.size:
             out.append(f"size {self.size} vs {other.size}")
         for name in ("spacing", "origin", "direction"):
             a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
-            scale = 1.0 if name != "origin" else max(1.0, float(np.max(np.abs(b))) * 1e-3 / tol)
-            if a.shape != b.shape or np.max(np.abs(a - b)) > tol * scale:
+            if a.shape != b.shape or np.max(np.abs(a - b)) > tol:
                 out.append(f"{name} {tuple(np.round(a, 3))} vs {tuple(np.round(b, 3))}")
         return out
 

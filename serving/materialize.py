@@ -9,17 +9,23 @@ on that store anyway, and the fix (retrain, or re-apply the model's versions) co
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from atrx.workspace import Workspace
 from serving.predictor import (
+    FEAST_CONFIG_ENV,
     ServingSetupError,
     feature_views_of,
     needed_versions,
+    open_feature_store,
     production_record,
     require_versions,
+    store_versions,
 )
 
 
@@ -63,6 +69,8 @@ def run_materialize(
     re-extracting old scans). Raises :class:`serving.predictor.ServingSetupError` (a
     ``ValueError``) when there is no production model ("run `atrx train` / `atrx retrain`
     first") or a needed view is unregistered or registered with another feature version.
+    With ``$ATRX_FEAST_CONFIG`` set (a production ``feature_store.yaml``, e.g. Redis), that
+    store is loaded instead of the workspace's SQLite.
     """
     from feature_repo.store import materialize, registered_versions
 
@@ -76,19 +84,53 @@ def run_materialize(
         )
     versions = needed_versions(record.metadata, required)
     views = list(feature_views_of(required))
-    registered = registered_versions(ws)
-    require_versions(str(record.tag), versions, registered, action="materialize for")
     end = end_date or datetime.now(UTC)
     end = end if end.tzinfo else end.replace(tzinfo=UTC)
-    done = materialize(ws, end_date=end, views=views, full=full)
+    if os.environ.get(FEAST_CONFIG_ENV):
+        store = open_feature_store(ws)
+        registered = store_versions(store)
+        require_versions(str(record.tag), versions, registered, action="materialize for")
+        done = _materialize_store(store, views, end, full)
+        online = _describe_online(store)
+    else:
+        registered = registered_versions(ws)
+        require_versions(str(record.tag), versions, registered, action="materialize for")
+        done = materialize(ws, end_date=end, views=views, full=full)
+        online = ws.online
     return MaterializeSummary(
         model_tag=str(record.tag),
         views=list(done),
         feature_versions=versions,
         required_features=required,
-        online_store=ws.online,
+        online_store=online,
         end=end,
         full=full,
         seconds=time.perf_counter() - t0,
         skipped_views=[v for v in registered if v not in views],
     )
+
+
+def _materialize_store(store: Any, views: Sequence[str], end: datetime, full: bool) -> list[str]:
+    """``feature_repo.store.materialize``'s policy on a store built from a yaml file.
+
+    Views never materialized (or ``full``) load from 1970, the others incrementally: Feast's own
+    first window for a TTL-less view is only 52 weeks and would drop older scans.
+    """
+    from feature_repo.store import MATERIALIZE_FROM
+
+    online = {fv.name: fv for fv in store.list_feature_views(allow_cache=False) if fv.online}
+    fresh = [v for v in views if full or online[v].most_recent_end_time is None]
+    incremental = [v for v in views if v not in fresh]
+    if fresh:
+        store.materialize(start_date=MATERIALIZE_FROM, end_date=end, feature_views=fresh)
+    if incremental:
+        store.materialize_incremental(end_date=end, feature_views=incremental)
+    return list(views)
+
+
+def _describe_online(store: Any) -> str:
+    cfg = store.config.online_store
+    where = getattr(cfg, "path", None) or getattr(cfg, "connection_string", "")
+    if "password=" in str(where):  # never print a secret from the config
+        where = str(where).split(",", 1)[0]
+    return f"{getattr(cfg, 'type', 'online')}: {where}"

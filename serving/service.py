@@ -2,8 +2,10 @@
 
 The process finds its workspace from ``ATRX_HOME`` and its model store from ``BENTOML_HOME``
 (both exported by :func:`serving.server.serve`; in a container, by the deployment). Each worker
-loads the served model ONCE in ``__init__`` and refuses to start (raises) when the feature
-store's registered feature versions differ from the model's.
+loads the served model ONCE in ``__init__`` and refuses to start when the feature store's
+registered feature versions differ from the model's (or the model cannot be loaded): it logs the
+reason and stops the whole ``bentoml serve`` process, which BentoML would otherwise keep
+respawning the failed worker under.
 
 Endpoints (all ``POST``, JSON): ``/predict``, ``/predict_batch``, ``/predict_features``,
 ``/model``. Errors carry their HTTP status: 401 wrong/missing ``X-API-Key`` (when a key is
@@ -25,7 +27,7 @@ import bentoml
 from bentoml.exceptions import BentoMLException
 
 from atrx.workspace import Workspace
-from serving.predictor import FusionPredictor, ServingSetupError
+from serving.predictor import FusionPredictor
 from serving.schemas import (
     BatchPrediction,
     BatchPredictRequest,
@@ -140,10 +142,12 @@ class ATRXService:
     def __init__(self) -> None:
         # ATRX_HOME / BENTOML_HOME come from the environment; loading happens once per worker
         _install_client_error_filter()
+        if log.level == logging.NOTSET:  # the worker's root logger is at WARNING
+            log.setLevel(logging.INFO)
         try:
             self.predictor = FusionPredictor.load(Workspace.at(None))
-        except ServingSetupError as exc:
-            log.critical("%s", exc)
+        except Exception as exc:  # any load failure is fatal: never loop on respawns
+            log.critical("%s: %s", type(exc).__name__, exc)
             _stop_bentoml_server()
             raise
         log.info("serving %s (features %s)", self.predictor.served.tag,

@@ -150,3 +150,16 @@ def test_fresh_process_loads_the_model_with_bentoml_home(tmp_path: Path, model, 
                          env=env, capture_output=True, text=True, timeout=300, check=True)
     got = np.array([float(v) for v in out.stdout.strip().splitlines()[-1].split(",")])
     assert np.allclose(got, model.predict_proba(frame.iloc[:5])[:, 1])
+
+
+def test_metadata_with_missing_values_is_saved(tmp_path: Path, model) -> None:
+    """A small cohort leaves some metrics undefined (None); BentoML would refuse them."""
+    from training import registry
+
+    ws = Workspace.at(tmp_path / "home")
+    meta = {**_meta(model, "run-n"), "metrics": {"fusion": {"test": {"auc": 0.8, "auc_lo": None}}},
+            "thresholds": [0.1, None]}
+    tag = registry.save_candidate(ws, model, meta)
+    saved = registry.show(ws, tag).metadata
+    assert saved["metrics"]["fusion"]["test"] == {"auc": 0.8}
+    assert saved["thresholds"][0] == 0.1 and np.isnan(saved["thresholds"][1])

@@ -366,7 +366,8 @@ def test_concurrent_requests_match_in_process(server, patients, expected) -> Non
 def test_in_process_predictor_from_a_feature_store_yaml(
     ws: Workspace, patients, expected, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``ATRX_FEAST_CONFIG`` (the production route, e.g. Redis) reads the same rows."""
+    """``ATRX_FEAST_CONFIG`` (the production route, e.g. Redis) reads and loads the same rows."""
+    from serving.materialize import run_materialize
     from serving.predictor import FEAST_CONFIG_ENV, FusionPredictor
 
     yaml = tmp_path / "feature_store.yaml"
@@ -382,6 +383,8 @@ def test_in_process_predictor_from_a_feature_store_yaml(
         )
     )
     monkeypatch.setenv(FEAST_CONFIG_ENV, str(yaml))
+    summary = run_materialize(ws)
+    assert summary.online_store == f"sqlite: {ws.online}"
     predictor = FusionPredictor.load(ws)
     got = predictor.predict_ids(patients[:5])
     assert [p.probability for p in got] == pytest.approx(

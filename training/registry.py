@@ -224,6 +224,18 @@ def _get(ws: Workspace, tag: str) -> Any:
         raise RegistryError(f"no model {tag!r} in {Path(ws.bentoml_home) / 'models'}") from exc
 
 
+def _metadata_safe(value: Any) -> Any:
+    """BentoML metadata rejects None: drop None entries of mappings, NaN for None in lists.
+
+    Readers use ``metadata.get(key)``, so a dropped key reads back as None.
+    """
+    if isinstance(value, dict):
+        return {k: _metadata_safe(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [float("nan") if v is None else _metadata_safe(v) for v in value]
+    return value
+
+
 def save_candidate(
     ws: Workspace,
     model: Any,
@@ -241,7 +253,7 @@ def save_candidate(
             MODEL_NAME,
             model,
             labels=all_labels,
-            metadata=json.loads(json.dumps(dict(metadata), default=str)),
+            metadata=_metadata_safe(json.loads(json.dumps(dict(metadata), default=str))),
             signatures={
                 "predict_proba": {"batchable": True, "batch_dim": 0},
                 "predict": {"batchable": True, "batch_dim": 0},

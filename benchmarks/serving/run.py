@@ -1,0 +1,227 @@
+"""Serving latency and throughput: ``POST /predict`` on a real BentoML server vs the same work in-process.
+
+A synthetic workspace (three centers, ``--views`` imaging views with ``--features`` features each,
+clinical variables and labels) goes through the real pipeline: offline store, Feast apply,
+``training.job.run_train`` on a one-feature-type study, promotion, ``run_materialize``. Then:
+
+* server: ``serving.server.serve`` on a free loopback port; ``--requests`` calls of ``/predict``
+  at each concurrency (threads, one keep-alive ``httpx.Client`` each), after a warm-up;
+* baseline: ``serving.predictor.FusionPredictor.predict_ids`` in this process (the same Feast
+  online lookup + model call + contributions the service runs), at the same concurrencies.
+
+Client and server share the machine's cores, so the server numbers include the client's cost.
+p50/p99 in milliseconds, throughput in requests per second; the ratio is server / in-process.
+
+    .venv/bin/python benchmarks/serving/run.py [--patients 120] [--requests 400] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _record import append_section  # noqa: E402
+
+from atrx.workspace import Workspace  # noqa: E402
+
+CONCURRENCY = (1, 8, 32)
+CREATED = pd.Timestamp("2024-01-01", tz="UTC")
+STUDY = """\
+name: bench
+imaging:
+  feature_types: [radiomics]
+  rois: [overall]
+  compare_classifiers: [lr]
+selection:
+  lasso_cv: 3
+  lasso_cs: 5
+"""
+
+
+def build_workspace(home: Path, patients: int, features: int, seed: int = 0) -> Workspace:
+    """Offline store + Feast registry of a synthetic cohort; imaging views rad_overall_{t1c,t2f}."""
+    from feature_repo.offline import export_clinical_and_labels, write_offline
+    from feature_repo.store import apply
+
+    rng = np.random.default_rng(seed)
+    per_center = {"A": 0.4, "B": 0.35, "C": 0.25}
+    pids = [f"{c}-{rng.bytes(6).hex()}" for c, f in per_center.items() for _ in range(int(patients * f))]
+    n = len(pids)
+    y = rng.permutation(np.arange(n) % 2)
+    pathology = pd.Timestamp("2019-01-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 1200, n), unit="D")
+    scan = pathology - pd.to_timedelta(rng.integers(3, 30, n), unit="D")
+    ws = Workspace.at(home)
+    ws.ensure()
+    views = ("rad_overall_t1c", "rad_overall_t2f")
+    names = {v: [f"{v}__f{j:04d}" for j in range(features)] for v in views}
+    for view in views:
+        values = rng.standard_normal((n, features))
+        strong = max(2, features // 8)  # several informative features: the selection keeps more
+        values[:, :strong] += 0.9 * (y[:, None] - 0.5)
+        meta = pd.DataFrame({"patient_id": pids, "event_timestamp": scan, "created_timestamp": CREATED,
+                             "study_id": [f"S-{p}" for p in pids], "scan_version": 1})
+        frame = pd.concat([meta, pd.DataFrame(values.astype(np.float32), columns=names[view])], axis=1)
+        write_offline(ws, view, "bench-v1", frame, feature_names=names[view])
+    clinical = pd.DataFrame({
+        "patient_id": pids, "age": rng.normal(54 - 3 * y, 11), "sex": rng.choice(["male", "female"], n),
+        "who_grade": np.where(rng.random(n) < 0.45 + 0.15 * y, 4, 3),
+        "vasari_score": rng.normal(72.5 - 1.5 * y, 6), "event_timestamp": scan,
+    })
+    labels = pd.DataFrame({"patient_id": pids, "atrx_status": np.where(y == 1, "mutant", "wildtype"),
+                           "pathology_date": pathology.date})
+    export_clinical_and_labels(ws, clinical, labels, CREATED)
+    apply(ws, {**dict.fromkeys(views, "bench-v1"), "clinical": "v1", "labels": "v1"}, feature_names=names)
+    return ws
+
+
+def prepare(ws: Workspace, study_path: Path) -> tuple[str, list[str]]:
+    """Train, promote and materialize; returns the tag and the servable patient ids."""
+    from feature_repo.offline import read_offline
+    from serving.materialize import run_materialize
+    from training import registry
+    from training.job import run_train
+
+    study_path.write_text(STUDY)
+    trained = run_train(ws, as_of="2025-01-01", study_path=study_path)
+    registry.promote(ws, trained.tag, reason="benchmark")
+    run_materialize(ws)
+    return trained.tag, read_offline(ws, "clinical", "v1")["patient_id"].tolist()
+
+
+def measure(call: Callable[[str], None], ids: Sequence[str], concurrency: int) -> dict[str, float]:
+    """Latency percentiles (ms) and throughput (req/s) of ``call`` over ``ids`` with N threads."""
+    latencies = np.empty(len(ids))
+
+    def one(i: int) -> None:
+        t = time.perf_counter()
+        call(ids[i])
+        latencies[i] = time.perf_counter() - t
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(len(ids))))
+    wall = time.perf_counter() - t0
+    return {"p50": 1000 * float(np.percentile(latencies, 50)),
+            "p99": 1000 * float(np.percentile(latencies, 99)),
+            "rps": len(ids) / wall, "n": len(ids)}
+
+
+def http_caller(url: str) -> Callable[[str], None]:
+    """POST /predict with one keep-alive client per thread; raises on any non-200."""
+    import httpx
+
+    local = threading.local()
+    clients: list[httpx.Client] = []
+
+    def call(pid: str) -> None:
+        client = getattr(local, "client", None)
+        if client is None:
+            client = local.client = httpx.Client(timeout=60)
+            clients.append(client)
+        r = client.post(f"{url}/predict", json={"patient_id": pid})
+        if r.status_code != 200:
+            raise RuntimeError(f"HTTP {r.status_code}: {r.text[:200]}")
+
+    call.clients = clients  # type: ignore[attr-defined]
+    return call
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--patients", type=int, default=120)
+    ap.add_argument("--features", type=int, default=24, help="features per imaging view")
+    ap.add_argument("--requests", type=int, default=400, help="requests per concurrency level")
+    ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--start-timeout", type=float, default=180.0)
+    ap.add_argument("--no-write", action="store_true", help="print only; do not append to docs/benchmarks.md")
+    args = ap.parse_args()
+    os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
+
+    from serving.predictor import FusionPredictor
+    from serving.server import free_port, serve
+
+    command = (f".venv/bin/python benchmarks/serving/run.py --patients {args.patients} --features "
+               f"{args.features} --requests {args.requests}")
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    tmp = Path(tempfile.mkdtemp(prefix="atrx-bench-serving-"))
+    rows: list[str] = []
+    try:
+        ws = build_workspace(tmp / "home", args.patients, args.features)
+        tag, pids = prepare(ws, tmp / "study.yaml")
+        predictor = FusionPredictor.load(ws)
+        n_features = len(predictor.served.required_features)
+        rng = np.random.default_rng(1)
+        ids = [pids[i] for i in rng.integers(0, len(pids), args.requests)]
+        warm = ids[: args.warmup]
+
+        def local(pid: str) -> None:
+            predictor.predict_ids([pid])
+
+        for pid in warm:
+            local(pid)
+        inproc = {c: measure(local, ids, c) for c in CONCURRENCY}
+
+        server = serve(ws, free_port(), log_file=tmp / "server.log")
+        try:
+            server.wait_ready(args.start_timeout)
+            remote = http_caller(server.url)
+            for pid in warm:
+                remote(pid)
+            over_http = {c: measure(remote, ids, c) for c in CONCURRENCY}
+            for client in remote.clients:  # type: ignore[attr-defined]
+                client.close()
+        finally:
+            server.stop()
+
+        for c in CONCURRENCY:
+            s, b = over_http[c], inproc[c]
+            print(f"concurrency {c:>2}: server p50 {s['p50']:.2f} ms p99 {s['p99']:.2f} ms "
+                  f"{s['rps']:.0f} req/s | in-process p50 {b['p50']:.2f} ms p99 {b['p99']:.2f} ms "
+                  f"{b['rps']:.0f} req/s")
+            rows += [
+                f"| /predict p50 ms, concurrency {c} | {s['p50']:.2f} | {b['p50']:.2f} | "
+                f"{s['p50'] / b['p50']:.2f} |",
+                f"| /predict p99 ms, concurrency {c} | {s['p99']:.2f} | {b['p99']:.2f} | "
+                f"{s['p99'] / b['p99']:.2f} |",
+                f"| /predict throughput req/s (higher is better), concurrency {c} | {s['rps']:.0f} | "
+                f"{b['rps']:.0f} | {s['rps'] / b['rps']:.2f} |",
+            ]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    lines = [
+        f"\n### Serving, {dt.date.today()} ({platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, load average at start {load})\n",
+        f"Command: `{command}`\n",
+        f"Model {tag.split(':')[0]} with {n_features} online features from "
+        f"{len(predictor.served.views)} views (SQLite online store), {args.requests} requests per "
+        "level after a warm-up, loopback, 1 BentoML worker; the client threads share the cores "
+        "with the server. Baseline: the same Feast lookup + model call + nomogram points "
+        "in-process (`FusionPredictor.predict_ids`). Latencies in ms (lower is better).\n",
+        "| measure | server (HTTP) | in-process | ratio (server / in-process) |",
+        "|---|---|---|---|",
+        *rows,
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.no_write:
+        append_section(text)
+
+
+if __name__ == "__main__":
+    main()
