@@ -20,7 +20,13 @@ from atrx.config.center import CenterConfig
 from atrx.workspace import Workspace
 from ingest.deid import pseudonymise_patient, redact_text
 from ingest.discover import CenterPlan, PatientPlan, plan_center
-from ingest.patient import KnownScan, StudyOutcome, _versions, ingest_patient, redacted_folder
+from ingest.patient import (
+    KnownScan,
+    StudyOutcome,
+    ingest_patient,
+    library_versions,
+    redacted_folder,
+)
 from ingest.preprocess import PREPROCESS_VERSION, PreprocessParams
 
 ProgressFn = Callable[[int, int, str], None]
@@ -99,7 +105,7 @@ def run_ingest(cfg: CenterConfig, ws: Workspace, scheduler: str | None = None, w
     plan = plan_center(cfg, key)
     ready = [pp for pp in plan.patients if pp.ok]
     with Catalog(ws.catalog) as cat:
-        run_id = cat.start_run("ingest", cfg.center, cfg.digest(), params.digest(), _versions())
+        run_id = cat.start_run("ingest", cfg.center, cfg.digest(), params.digest(), library_versions())
         summary = IngestSummary(run_id, cfg.center, len(plan.patients))
         summary.patients_quarantined = _record_plan_problems(cat, run_id, plan, key)
         summary.clinical_changed = cat.upsert_clinical(cfg.center, run_id, _clinical_rows(plan.patients))

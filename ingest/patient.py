@@ -95,7 +95,7 @@ def source_digest(study: StudyPlan, params_digest: str, cfg: CenterConfig) -> tu
     return total.hexdigest(), sources
 
 
-def _versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     import zarr
 
     return {"atrx": atrx_version, "preprocess": PREPROCESS_VERSION, "SimpleITK": sitk.Version_VersionString(),
@@ -159,7 +159,7 @@ def _ingest_study(plan: PatientPlan, study: StudyPlan, cfg: CenterConfig, images
         "scan_date": study.scan_date.isoformat() if study.scan_date else None,
         "source_hash": digest, "sources": sources, "params": params.model_dump(mode="json"),
         "params_hash": params.digest(), "steps": result.steps, "geometry": result.geometry, "shape": shape,
-        "roi_voxels": roi_voxels, "versions": _versions(),
+        "roi_voxels": roi_voxels, "versions": library_versions(),
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "axes": "zyx",
     }
