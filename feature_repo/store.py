@@ -170,13 +170,25 @@ def materialize(
             f"cannot materialize {unknown}: not registered online views (registered: "
             f"{sorted(online)}); run feature_repo.store.apply first (labels are never served)"
         )
-    fresh = [v for v in names if full or online[v].most_recent_end_time is None]
-    incremental = [v for v in names if v not in fresh]
+    return materialize_views(store, names, end, full, online)
+
+
+def materialize_views(store: Any, views: list[str], end: datetime, full: bool,
+                      online: dict[str, Any] | None = None) -> list[str]:
+    """Our materialisation policy on any store (SQLite here, Redis from a production yaml).
+
+    Views never materialized (or ``full``) load from 1970, the others incrementally: Feast's own
+    first window for a TTL-less view is only 52 weeks and would drop older scans.
+    """
+    if online is None:
+        online = {fv.name: fv for fv in store.list_feature_views(allow_cache=False) if fv.online}
+    fresh = [v for v in views if full or online[v].most_recent_end_time is None]
+    incremental = [v for v in views if v not in fresh]
     if fresh:
         store.materialize(start_date=MATERIALIZE_FROM, end_date=end, feature_views=fresh)
     if incremental:
         store.materialize_incremental(end_date=end, feature_views=incremental)
-    return names
+    return list(views)
 
 
 def online_features(

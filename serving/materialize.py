@@ -111,21 +111,10 @@ def run_materialize(
 
 
 def _materialize_store(store: Any, views: Sequence[str], end: datetime, full: bool) -> list[str]:
-    """``feature_repo.store.materialize``'s policy on a store built from a yaml file.
+    """``feature_repo.store``'s materialisation policy on a store built from a yaml file."""
+    from feature_repo.store import materialize_views
 
-    Views never materialized (or ``full``) load from 1970, the others incrementally: Feast's own
-    first window for a TTL-less view is only 52 weeks and would drop older scans.
-    """
-    from feature_repo.store import MATERIALIZE_FROM
-
-    online = {fv.name: fv for fv in store.list_feature_views(allow_cache=False) if fv.online}
-    fresh = [v for v in views if full or online[v].most_recent_end_time is None]
-    incremental = [v for v in views if v not in fresh]
-    if fresh:
-        store.materialize(start_date=MATERIALIZE_FROM, end_date=end, feature_views=fresh)
-    if incremental:
-        store.materialize_incremental(end_date=end, feature_views=incremental)
-    return list(views)
+    return materialize_views(store, list(views), end, full)
 
 
 def _describe_online(store: Any) -> str:
