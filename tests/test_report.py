@@ -164,3 +164,19 @@ def test_importing_figures_does_not_touch_matplotlib():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "False"
+
+
+def test_nomogram_names_both_ends_of_a_variable_worth_almost_no_points(tmp_path, monkeypatch):
+    import training.figures as figures
+
+    drawn = []
+    save = figures._save
+    monkeypatch.setattr(figures, "_save", lambda fig, path: drawn.append(fig) or save(fig, path))
+    nomo = Nomogram.from_logistic(
+        {"imaging_score": 1.0, "age": -0.0004}, 0.0, {"imaging_score": (-20, 20), "age": (18, 81)}
+    )
+    plot_nomogram(nomo, tmp_path / "n.png", labels={"age": "Age"})
+    texts = [t.get_text() for t in drawn[0].axes[0].texts]
+    # age spans far less than one label's width: its two ends are both named, nothing in between
+    assert {"18", "81"} <= set(texts)
+    assert not {"33.8", "49.5", "65.2"} & set(texts)

@@ -13,6 +13,7 @@ from scipy import stats
 from sklearn.datasets import make_classification
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
+from sklearn.svm import l1_min_c
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from training.models import (
@@ -98,6 +99,10 @@ def fitted_lr(planted):
             "The 'max_features' parameter of LassoCVSelector must be an int in [1, inf) or None.",
         ),
         (
+            LassoCVSelector(lambda_min_ratio=1.5),
+            "The 'lambda_min_ratio' parameter of LassoCVSelector must be a float in (0, 1) or None.",
+        ),
+        (
             BackwardAICSelector(max_features=0.5),
             "The 'max_features' parameter of BackwardAICSelector must be an int in [1, inf). Got 0.5 instead.",
         ),
@@ -180,6 +185,25 @@ def test_lasso_keeps_nonzero_coefficients_and_can_cap(planted):
     assert sel.C_ in sel.Cs_ and sel.cv_scores_.shape == sel.Cs_.shape
     capped = LassoCVSelector(cv=5, Cs=10, max_features=2).fit(X[planted_names + ["rad_f0001"]], y)
     assert capped.get_support().sum() == 2
+
+
+def test_lasso_grid_follows_glmnet_lambda_path(planted):
+    X, y, planted_names = planted  # 150 rows x 300 columns: fewer rows than features
+    Xz = (X - X.mean()) / X.std()
+    sel = LassoCVSelector(cv=5, Cs=6).fit(Xz, y)
+    assert sel.Cs_ == pytest.approx(c_min_of(Xz, y) * np.logspace(0, 2, 6))  # lambda.min.ratio 0.01
+    tall = Xz.iloc[:, :20]  # more rows than features: glmnet's 1e-4
+    assert LassoCVSelector(cv=5, Cs=3).fit(tall, y).Cs_[-1] / c_min_of(tall, y) == pytest.approx(1e4)
+    own = LassoCVSelector(cv=5, Cs=3, lambda_min_ratio=0.1).fit(tall, y)
+    assert own.Cs_[-1] / own.Cs_[0] == pytest.approx(10.0)
+    # the search never reaches the unpenalised end, where an L1 fit on 150 rows keeps hundreds
+    # of noise columns: the survivors are fewer than the rows and include the planted ones
+    assert sel.get_support().sum() < len(y) / 2
+    assert set(planted_names) <= set(sel.get_feature_names_out())
+
+
+def c_min_of(X: pd.DataFrame, y: np.ndarray) -> float:
+    return float(l1_min_c(X.to_numpy(), y, loss="log", fit_intercept=True))
 
 
 def test_lasso_all_zero_falls_back_to_one_feature():

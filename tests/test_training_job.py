@@ -170,6 +170,7 @@ def test_shipped_study_file_is_the_paper_protocol() -> None:
         ("cutoff:\n  policy: fixed\n", "cutoff"),
         ("split:\n  test_centers: [A]\n", "split"),
         ("promotion:\n  margn: 0.1\n", "promotion.margn"),
+        ("imaging:\n  lr_c: 0\n", "imaging.lr_c"),
     ],
 )
 def test_bad_study_file_names_file_and_key(tmp_path: Path, text: str, key: str) -> None:
@@ -267,6 +268,9 @@ def test_train_end_to_end_through_feast(ws: Workspace, trained) -> None:
     assert metrics["data"]["dropped_by_reason"] and metrics["split"]["data_hash"]
     assert {"nomogram", "delong", "calibration", "decision_curve", "clinical_impact"} <= set(metrics)
     assert {r["model_a"] for r in metrics["delong"]} >= {FUSION}
+    md = (run_dir / "tables.md").read_text()
+    assert md.count("**Table ") == 2 and md.count("\n| Fusion |") == 2
+    assert f"| {s.metrics[FUSION]['test']['auc']:.3f} (" in md
     html = Path(s.report_path).read_text()
     assert html.count("data:image/png;base64,") >= 8 and "<img" in html
     assert 'src="http' not in html and "Table 3" in html
@@ -356,13 +360,30 @@ def test_fusion_fit_equals_protocol_cross_fit(ws: Workspace, small_study: Path) 
     study = load_study(small_study)
     frame = training_frame(ws, "2025-01-01", study).frame
     sp = split(frame, study)
-    protocol_model = run_protocol(frame, sp, study).fusion
+    result = run_protocol(frame, sp, study)
+    protocol_model = result.fusion
+    assert protocol_model.imaging_pipeline_["clf"].C == study.imaging.lr_c
+    # the scores the fusion weight was learnt on and those it is applied to share one scale
+    assert 0.5 <= result.imaging_score_scale["ratio"] <= 2.0
     train = frame.iloc[sp.train]
     alone = clone(protocol_model).fit(train, train[LABEL])
     assert alone.selected_imaging_features_ == protocol_model.selected_imaging_features_
     assert np.allclose(alone.fusion_pipeline_[-1].coef_, protocol_model.fusion_pipeline_[-1].coef_)
     # the fusion LR learnt from out-of-fold scores: its imaging weight is sane, not a separator
     assert abs(alone.fusion_pipeline_[-1].coef_[0, 0]) < 10
+
+
+def test_unstable_imaging_score_scale_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    from training.protocol import _score_scale
+
+    rng = np.random.default_rng(0)
+    final = rng.normal(size=100)
+    with caplog.at_level("WARNING", logger="training.protocol"):
+        assert _score_scale(1.2 * final, final)["ratio"] == pytest.approx(1.2)
+        assert not caplog.records
+        wide = _score_scale(8 * final, final)
+    assert wide["ratio"] == pytest.approx(8.0)
+    assert "imaging.lr_c" in caplog.text and "8.0x" in caplog.text
 
 
 # --- retraining ------------------------------------------------------------------------------------

@@ -208,8 +208,18 @@ def plot_nomogram(
         y = -row
         ax.text(-30, y, name, ha="left", va="center", fontsize=8)
         ax.plot([min(positions), max(positions)], [y, y], color="black", lw=1)
+        pairs = sorted(zip(positions, texts, strict=True))
+        if len(pairs) > 1 and pairs[-1][0] - pairs[0][0] < _MIN_LABEL_GAP:
+            # a variable worth (almost) no points: name both ends beside the short axis, or only
+            # the first of the overprinting labels would show and the axis would read as one value
+            (x0, t0), (x1, t1) = pairs[0], pairs[-1]
+            ax.plot([x0, x0], [y, y + 0.12], color="black", lw=1)
+            ax.plot([x1, x1], [y, y + 0.12], color="black", lw=1)
+            ax.text(x0 - 0.8, y, t0, ha="right", va="center", fontsize=6.5)
+            ax.text(x1 + 0.8, y, t1, ha="left", va="center", fontsize=6.5)
+            return
         labelled: list[float] = []
-        for x, text in sorted(zip(positions, texts, strict=True)):
+        for x, text in pairs:
             ax.plot([x, x], [y, y + 0.12], color="black", lw=1)
             # skip labels that would overprint a neighbour
             if all(abs(x - other) >= _MIN_LABEL_GAP for other in labelled):

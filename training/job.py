@@ -89,6 +89,13 @@ class Table:
     columns: list[str]
     rows: list[list[str]]
 
+    def markdown(self) -> str:
+        """The table as GitHub markdown, for pasting a run's results into docs."""
+        lines = [f"**{self.title}**", "", "| " + " | ".join(self.columns) + " |",
+                 "|" + "---|" * len(self.columns)]
+        lines += ["| " + " | ".join(row) + " |" for row in self.rows]
+        return "\n".join(lines) + "\n"
+
 
 def _f(value: Any) -> str:
     return "-" if value is None else f"{float(value):.3f}"
@@ -385,6 +392,9 @@ def _train(
             metrics={m: result.metrics[m] for m in result.model_order},
             seconds=time.perf_counter() - t0,
             timings=timings,
+        )
+        (run_dir / "tables.md").write_text(
+            "\n".join(t.markdown() for t in summary.tables()), encoding="utf-8"
         )
         status = "ok"
         counts = {

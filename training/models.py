@@ -53,13 +53,18 @@ CLINICAL_COLUMNS: tuple[str, ...] = ("age", "sex", "who_grade", "vasari_score")
 FUSION_COLUMNS: tuple[str, ...] = ("imaging_score", *CLINICAL_COLUMNS)
 INTERCEPT = "intercept"
 
-# "Unpenalised-ish": a weak L2 penalty keeps lbfgs finite under separation without shrinking
-# the coefficients of a well-posed model noticeably.
+# Clinical and fusion LRs (4-5 variables, ~150 rows) are well posed: a weak L2 penalty only keeps
+# lbfgs finite should a column separate the classes, without shrinking their coefficients.
 _LR_C = 1e4
+# The imaging LR sits on up to 19 AIC-selected features: on ~120-row CV folds its classes are often
+# (quasi-)separated, where an unpenalised fit has no MLE and its scores reach +-100 in one fold and
+# +-10 in the next. The imaging score must keep one scale across folds and the final fit, since the
+# fusion LR learns its weight on the out-of-fold scores; sklearn's default C=1 on z-scores does that.
+IMAGING_LR_C = 1.0
 
 
-def _logistic() -> LogisticRegression:
-    return LogisticRegression(C=_LR_C, max_iter=10_000)
+def _logistic(C: float = _LR_C) -> LogisticRegression:
+    return LogisticRegression(C=C, max_iter=10_000)
 
 
 def make_imaging_pipeline(
@@ -69,18 +74,21 @@ def make_imaging_pipeline(
     alpha: float = 0.05,
     lasso_cv: int = 10,
     lasso_Cs: int | Sequence[float] = 20,
+    lasso_min_ratio: float | None = None,
     max_features: int = 19,
+    lr_c: float = IMAGING_LR_C,
 ) -> Pipeline:
     """StandardScaler -> Welch t-test -> LASSO (CV AUC) -> backward AIC -> classifier.
 
-    ``classifier``: ``"lr"`` (logistic regression, near-unpenalised), ``"rf"`` (random forest,
+    ``classifier``: ``"lr"`` (logistic regression, L2 strength ``lr_c`` on the z-scored
+    selected features; see ``IMAGING_LR_C``), ``"rf"`` (random forest,
     500 trees) or ``"svm"`` (RBF SVC with Platt-scaled probabilities: scikit-learn 1.9 deprecates
     ``SVC(probability=True)``, and ``CalibratedClassifierCV(SVC(), ensemble=False)`` with 5-fold
     sigmoid calibration is its documented equivalent). Step names: ``scale``, ``ttest``,
     ``lasso``, ``aic``, ``clf``.
     """
     if classifier == "lr":
-        clf = _logistic()
+        clf = _logistic(lr_c)
     elif classifier == "rf":
         clf = RandomForestClassifier(n_estimators=500, random_state=random_state)
     elif classifier == "svm":
@@ -94,7 +102,10 @@ def make_imaging_pipeline(
         [
             ("scale", StandardScaler()),
             ("ttest", TTestSelector(alpha=alpha)),
-            ("lasso", LassoCVSelector(cv=lasso_cv, Cs=lasso_Cs, random_state=random_state)),
+            ("lasso", LassoCVSelector(
+                cv=lasso_cv, Cs=lasso_Cs, random_state=random_state,
+                lambda_min_ratio=lasso_min_ratio,
+            )),
             ("aic", BackwardAICSelector(max_features=max_features)),
             ("clf", clf),
         ]

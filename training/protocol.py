@@ -110,6 +110,7 @@ class ProtocolResult:
     calibration: dict[str, dict[str, Any]]
     decision_curve: dict[str, dict[str, Any]]
     clinical_impact: dict[str, Any]
+    imaging_score_scale: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
 
     @property
@@ -142,6 +143,7 @@ class ProtocolResult:
             "calibration": self.calibration,
             "decision_curve": self.decision_curve,
             "clinical_impact": self.clinical_impact,
+            "imaging_score_scale": self.imaging_score_scale,
             "nomogram": self.fusion.nomogram_.to_dict(),
             "seconds": round(self.seconds, 2),
         }
@@ -192,7 +194,9 @@ def _compare_classifiers(
     out = []
     select_final = best.final[:-1]
     for name in study.imaging.compare_classifiers:
-        template = make_imaging_pipeline(name, random_state=study.seeds.selection)[-1]
+        template = make_imaging_pipeline(
+            name, random_state=study.seeds.selection, lr_c=study.imaging.lr_c
+        )[-1]
         if name == "lr":
             aucs = list(best.cross.fold_aucs)
         else:
@@ -226,6 +230,30 @@ def _delong(y: np.ndarray, scores: dict[str, np.ndarray], set_name: str) -> list
     return delong_table(y, scores, set_name)
 
 
+# out-of-fold / final-fit SD of the imaging score beyond which the fusion weight is untrustworthy
+SCORE_SCALE_LIMITS = (0.5, 2.0)
+
+
+def _score_scale(oof: np.ndarray, final: np.ndarray) -> dict[str, float]:
+    """Compare the spread of the out-of-fold imaging scores (what the fusion LR learns its weight
+    on) with that of the final imaging model's scores (what it is applied to), on the same rows.
+
+    The final fit's in-sample scores are if anything wider than honest ones, so a ratio well above
+    1 means the fold models were unstable (separation) and the fusion will under-weight imaging.
+    """
+    oof_sd, final_sd = float(np.std(oof)), float(np.std(final))
+    ratio = oof_sd / final_sd if final_sd > 0 else float("inf")
+    lo, hi = SCORE_SCALE_LIMITS
+    if not lo <= ratio <= hi:
+        log.warning(
+            "the out-of-fold imaging scores spread %.1fx as wide as the final imaging model's "
+            "(SD %.2f vs %.2f): the fusion weight of the imaging score will not fit new patients; "
+            "lower imaging.lr_c in the study file to regularise the imaging LR", ratio, oof_sd,
+            final_sd,
+        )
+    return {"oof_sd": oof_sd, "final_sd": final_sd, "ratio": ratio}
+
+
 def run_protocol(
     frame: pd.DataFrame,
     split: Split,
@@ -248,7 +276,9 @@ def run_protocol(
         alpha=sel.alpha,
         lasso_cv=sel.lasso_cv,
         lasso_Cs=sel.lasso_cs,
+        lasso_min_ratio=sel.lasso_min_ratio,
         max_features=sel.max_features,
+        lr_c=study.imaging.lr_c,
     ).set_params(lasso__max_features=sel.lasso_max_features)
 
     # 1. the imaging models, ranked by mean CV AUC on the training rows
@@ -287,6 +317,7 @@ def run_protocol(
         random_state=study.seeds.cv,
     ).fit_from_cross_fit(train, y["train"], best.cross, best.final)
     say(f"fusion model on {best.spec.label}")
+    scale = _score_scale(best.cross.oof_scores, fusion.imaging_score(train))
 
     # 4. probabilities of every model on every set
     probs: dict[str, dict[str, np.ndarray]] = {s: {} for s in SETS}
@@ -330,6 +361,7 @@ def run_protocol(
         calibration={m: {s: calibration(y[s], probs[s][m]) for s in SETS} for m in headline},
         decision_curve={m: {s: decision_curve(y[s], probs[s][m]) for s in SETS} for m in headline},
         clinical_impact={s: clinical_impact(y[s], probs[s][FUSION]) for s in ("validation", "test")},
+        imaging_score_scale=scale,
     )
     result.seconds = time.perf_counter() - t0
     return result

@@ -23,6 +23,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_selection import SelectorMixin
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
+from sklearn.svm import l1_min_c
 from sklearn.utils import ClassifierTags
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -147,7 +148,14 @@ class LassoCVSelector(_BinarySelector):
     """Keep the non-zero coefficients of an L1 logistic regression whose C is chosen by CV AUC.
 
     ``LogisticRegressionCV`` (liblinear, pure L1) searches ``Cs`` with ``cv`` stratified, shuffled
-    folds seeded by ``random_state`` and refits at the best C. When a class has fewer members than
+    folds seeded by ``random_state`` and refits at the best C. An int ``Cs`` is a log grid laid
+    out like R glmnet's lambda path (the paper's analyses ran in R): from ``l1_min_c``, where the
+    first feature enters, to ``1 / lambda_min_ratio`` times it; ``lambda_min_ratio=None`` is
+    glmnet's default, 0.01 when there are fewer rows than features and 1e-4 otherwise. (liblinear's
+    C is 1 / (n lambda), so ratios of C and of lambda match.) Without that lower bound on the
+    penalty, CV AUC on ~150 rows and ~500 t-test survivors is often flat or highest at the weakest
+    penalty, where the "LASSO" keeps hundreds of features and selects nothing. A sequence ``Cs``
+    is used as given. When a class has fewer members than
     ``cv``, the number of folds drops to that size (at least 2) with a warning rather than failing
     on small training folds. Convergence warnings from the weakest penalties of the grid are
     silenced: those C values are rarely chosen and the warning says nothing about the chosen one.
@@ -168,12 +176,14 @@ class LassoCVSelector(_BinarySelector):
         scoring: str = "roc_auc",
         random_state: int | None = 0,
         max_features: int | None = None,
+        lambda_min_ratio: float | None = None,
     ) -> None:
         self.cv = cv
         self.Cs = Cs
         self.scoring = scoring
         self.random_state = random_state
         self.max_features = max_features
+        self.lambda_min_ratio = lambda_min_ratio
 
     def _check_params(self) -> None:
         if not _is_int(self.cv) or self.cv < 2:
@@ -200,6 +210,22 @@ class LassoCVSelector(_BinarySelector):
             not _is_int(self.max_features) or self.max_features < 1
         ):
             raise _invalid(self, "max_features", "an int in [1, inf) or None", self.max_features)
+        if self.lambda_min_ratio is not None and (
+            not _is_real(self.lambda_min_ratio) or not 0.0 < self.lambda_min_ratio < 1.0
+        ):
+            raise _invalid(
+                self, "lambda_min_ratio", "a float in (0, 1) or None", self.lambda_min_ratio
+            )
+
+    def _grid(self, X: np.ndarray, y01: np.ndarray) -> int | np.ndarray:
+        """The C values to search: glmnet's lambda path for an int ``Cs`` (see the class doc)."""
+        if not _is_int(self.Cs):
+            return np.asarray(self.Cs, dtype=np.float64)
+        ratio = self.lambda_min_ratio
+        if ratio is None:
+            ratio = 0.01 if X.shape[0] < X.shape[1] else 1e-4
+        c_min = l1_min_c(X, y01, loss="log", fit_intercept=True)
+        return c_min * np.logspace(0.0, np.log10(1.0 / ratio), int(self.Cs))
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> LassoCVSelector:
         """Choose C by cross-validated score and keep the non-zero coefficients at that C."""
@@ -220,7 +246,7 @@ class LassoCVSelector(_BinarySelector):
             )
         folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=self.random_state)
         search = LogisticRegressionCV(
-            Cs=self.Cs,
+            Cs=self._grid(X, y01),
             l1_ratios=(1.0,),
             solver="liblinear",
             cv=folds,

@@ -73,21 +73,30 @@ class SeedsConfig(StrictModel):
 class SelectionConfig(StrictModel):
     """The feature-selection chain: Welch t-test -> LASSO (CV AUC) -> backward AIC.
 
-    ``lasso_max_features`` (not in the paper; default off) keeps only that many LASSO features
-    with the largest |coefficient| before the backward AIC search, whose cost grows with the
-    square of its input: when the CV picks a weak penalty on noisy full-width views the LASSO can
-    pass 250 features on, and the search then takes about a minute per fit.
+    ``lasso_cs`` C values span glmnet's default lambda path (the paper's analyses ran in R):
+    ``lasso_min_ratio`` is its ``lambda.min.ratio`` (None: 0.01 with fewer rows than features,
+    else 1e-4). ``lasso_max_features`` (not in the paper; default off) keeps only that many LASSO
+    features with the largest |coefficient| before the backward AIC search, whose cost grows
+    with the square of its input.
     """
 
     alpha: float = Field(0.05, gt=0.0, lt=1.0)
     lasso_cv: int = Field(10, ge=2)
     lasso_cs: int = Field(20, ge=1)
+    lasso_min_ratio: float | None = Field(None, gt=0.0, lt=1.0)
     lasso_max_features: int | None = Field(None, ge=1)
     max_features: int = Field(19, ge=1)
 
 
 class ImagingConfig(StrictModel):
-    """The imaging models: every feature type x ROI, each on all the sequences given."""
+    """The imaging models: every feature type x ROI, each on all the sequences given.
+
+    ``lr_c`` is the L2 strength (scikit-learn's C) of the imaging LR on the z-scored selected
+    features. Not in the paper, whose LR was R's unpenalised ``glm``: with up to 19 features on
+    ~120-row folds the classes are often separated, the MLE does not exist, and the imaging score's
+    scale then differs several-fold between folds and the final fit, which breaks the fusion LR
+    learnt on out-of-fold scores (see docs/decisions.md).
+    """
 
     feature_types: list[FeatureType] = Field(
         default_factory=lambda: ["dl", "radiomics", "hybrid"], min_length=1
@@ -95,6 +104,7 @@ class ImagingConfig(StrictModel):
     rois: list[RoiName] = Field(default_factory=lambda: list(ROIS), min_length=1)
     sequences: list[SequenceName] = Field(default_factory=lambda: list(SEQUENCES), min_length=1)
     cv_folds: int = Field(5, ge=2)
+    lr_c: float = Field(1.0, gt=0.0)
     compare_classifiers: list[ClassifierName] = Field(
         default_factory=lambda: ["lr", "rf", "svm"], min_length=1
     )
