@@ -173,6 +173,9 @@ def features(
     weights: Annotated[str, typer.Option(
         "--weights", help="imagenet (torchvision's cache), a .pth file, or random:SEED (tests, demos)")] = "imagenet",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="crops per CNN forward pass")] = 32,
+    checkpoint_seconds: Annotated[float, typer.Option(
+        "--checkpoint-seconds", min=0,
+        help="store finished results at least this often, so a killed run loses little")] = 300.0,
 ) -> None:
     """Radiomics and ResNet34 features of every ingested scan into the Feast offline store."""
     from atrx.ui import console
@@ -181,12 +184,13 @@ def features(
 
     con = console()
     try:
-        _features_run(con, Workspace.at(home), scheduler, workers, gpus, weights, batch_size)
+        _features_run(con, Workspace.at(home), scheduler, workers, gpus, weights, batch_size,
+                      checkpoint_seconds)
     except (WeightsNotFoundError, WeightsError, FileNotFoundError) as e:
         raise _fail(str(e)) from None
 
 
-def _features_run(con, ws, scheduler, workers, gpus, weights, batch_size):  # noqa: ANN001, ANN202 - CLI glue
+def _features_run(con, ws, scheduler, workers, gpus, weights, batch_size, checkpoint_seconds=300.0):  # noqa: ANN001, ANN202 - CLI glue
     from atrx.ui import kv_table, progress_bar, rows_table
     from features.job import run_features
 
@@ -195,7 +199,8 @@ def _features_run(con, ws, scheduler, workers, gpus, weights, batch_size):  # no
                   "tests and demos only. The choice is recorded in the feature version and lineage.[/]")
     with progress_bar(con, "computing features", 1) as update:
         summary = run_features(ws, scheduler=scheduler, workers=workers, gpus=gpus, weights=weights,
-                               batch_size=batch_size, progress=update)
+                               batch_size=batch_size, progress=update,
+                               checkpoint_seconds=checkpoint_seconds)
     con.print(rows_table("rows per feature view", ["view", "written this run", "rows in current version"],
                          summary.view_rows()))
     failures = summary.failure_rows()
@@ -208,6 +213,14 @@ def _features_run(con, ws, scheduler, workers, gpus, weights, batch_size):  # no
 
 AsOfOpt = Annotated[str | None, typer.Option("--as-of", help="use labels known on this date (YYYY-MM-DD); default today")]
 StudyOpt = Annotated[Path | None, typer.Option("--study", help="study protocol YAML (default training/study.yaml)")]
+
+
+def _step_printer(con):  # noqa: ANN001, ANN202 - CLI glue
+    """One timestamped line per step of a long job (plain text, so it reads well in a log too)."""
+    import time as _time
+
+    start = _time.monotonic()
+    return lambda msg: con.print(f"[dim]{_time.monotonic() - start:6.0f}s[/] {msg}", highlight=False)
 
 
 def _print_tables(con, tables) -> None:  # noqa: ANN001 - CLI glue
@@ -228,7 +241,8 @@ def train(home: HomeOpt = None, as_of: AsOfOpt = None, study: StudyOpt = None) -
 
     con = console()
     try:
-        summary = run_train(Workspace.at(home), as_of=as_of, study_path=study)
+        summary = run_train(Workspace.at(home), as_of=as_of, study_path=study,
+                            progress=_step_printer(con))
     except (ConfigError, TrainingDataError) as e:
         raise _fail(str(e)) from None
     _print_tables(con, summary.tables())
@@ -247,7 +261,8 @@ def retrain(home: HomeOpt = None, as_of: AsOfOpt = None, study: StudyOpt = None)
     from training.job import run_retrain
 
     con = console()
-    summary = run_retrain(Workspace.at(home), as_of=as_of, study_path=study)
+    summary = run_retrain(Workspace.at(home), as_of=as_of, study_path=study,
+                          progress=_step_printer(con))
     _print_tables(con, summary.tables())
     con.print(kv_table("retrain decision", summary.rows()))
     raise typer.Exit(summary.exit_code)
@@ -413,7 +428,7 @@ def demo(
     con.rule("5. train, report, register; promote when not worse (atrx retrain)")
     from training.job import run_retrain
 
-    decision = run_retrain(ws)
+    decision = run_retrain(ws, progress=_step_printer(con))
     _print_tables(con, decision.tables())
     con.print(kv_table("retrain decision", decision.rows()))
     if decision.exit_code not in (0, 10):

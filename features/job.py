@@ -14,9 +14,11 @@ One run:
    ``batch_size`` crops (on GPU workers with ``gpus``), gathers results as they complete, keyed by
    (patient, study, scan version, view) so a task the scheduler re-runs after a worker died can never
    give a second row;
-4. per view writes ONE Parquet part to the offline store, then the lineage rows (Parquet first: a
-   crash between the two recomputes rows next time, the other order would lose them), exports
-   clinical values and labels, and registers every view with Feast.
+4. every ``checkpoint_seconds`` (5 minutes) and at the end, writes one Parquet part per view with
+   the results finished since the last store, then their lineage rows (Parquet first: a crash
+   between the two recomputes rows next time, the other order would lose them); a killed driver
+   therefore loses at most the last few minutes of work. At the end it exports clinical values and
+   labels and registers every view with Feast (redone by the next run if this one did not finish).
 
 Only this process writes the catalog and the offline store; workers return plain data.
 """
@@ -51,6 +53,8 @@ from features.versioning import (
 log = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int, str], None]
+# how often finished results are stored while a run goes on (a checkpoint costs ~1 s per view)
+CHECKPOINT_SECONDS = 300.0
 #: statuses that mean "this (study version, view, feature version) is settled"
 SETTLED = ("ok", "failed")
 #: libraries whose version changes the numbers; the workers must run the driver's
@@ -158,11 +162,15 @@ def run_features(
     progress: ProgressFn | None = None,
     radiomics_params: Mapping[str, Any] | None = None,
     kinds: Iterable[str] = KINDS,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> FeaturesSummary:
     """Compute the missing features of every study into the offline store; record the run.
 
     ``radiomics_params`` replaces the repository's parameter file (tests, benchmarks; it gets its own
-    feature version); ``kinds`` limits the run to ``rad`` or ``dl`` views.
+    feature version); ``kinds`` limits the run to ``rad`` or ``dl`` views. Finished results are
+    stored (Parquet part + lineage) at least every ``checkpoint_seconds`` while the run goes on,
+    so a driver killed after an hour loses minutes of work, not the hour; the next run computes
+    only what has no lineage row.
     """
     t0 = time.perf_counter()
     kinds = tuple(kinds)
@@ -170,6 +178,8 @@ def run_features(
         raise ValueError(f"kinds must be a non-empty subset of {KINDS}, got {kinds}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if not checkpoint_seconds >= 0:
+        raise ValueError(f"checkpoint_seconds must be >= 0, got {checkpoint_seconds}")
 
     # Weights and parameters first: a missing ImageNet file or a bad parameter dict is reported
     # before the catalog is touched or a cluster starts.
@@ -206,17 +216,28 @@ def run_features(
         status = "ok"
         try:
             results: dict[tuple[str, str, int, str], dict[str, Any]] = {}
+            stored: set[tuple[str, str, int, str]] = set()
+            written = 0
+
+            def store_finished(final: bool = False) -> None:
+                nonlocal written
+                fresh = [t for t in targets if t.key in results and t.key not in stored]
+                if fresh or final:  # the final call also counts every view's rows
+                    written += _store(cat, ws, run_id, fresh, results, view_versions, schemas,
+                                      params, lineage_versions, summary)
+                    stored.update(t.key for t in fresh)
+
             interrupted = False
             if targets:
                 tc = time.perf_counter()
                 try:
                     _compute(ws, targets, params, spec, weights_id, schemas, libs, scheduler, workers,
-                             gpus, batch_size, progress, run_id, summary, results)
+                             gpus, batch_size, progress, run_id, summary, results,
+                             checkpoint=(checkpoint_seconds, store_finished))
                 except KeyboardInterrupt:  # keep what finished; the next run does the rest
                     interrupted = True
                 summary.compute_seconds = time.perf_counter() - tc
-            written = _store(cat, ws, run_id, targets, results, view_versions, schemas, params,
-                             lineage_versions, summary)
+            store_finished(final=True)
             if interrupted:
                 raise KeyboardInterrupt
             summary.clinical_exported = _export_clinical(cat, ws, force=bool(written))
@@ -313,9 +334,11 @@ def _compute(ws: Workspace, targets: list[Target], params: dict[str, Any], spec:
              weights_id: str | None, schemas: dict[str, list[str]], libs: dict[str, str],
              scheduler: str | None, workers: int | None, gpus: bool, batch_size: int,
              progress: ProgressFn | None, run_id: str, summary: FeaturesSummary,
-             results: dict[tuple[str, str, int, str], dict[str, Any]]) -> None:
+             results: dict[tuple[str, str, int, str], dict[str, Any]],
+             checkpoint: tuple[float, Callable[[], None]] | None = None) -> None:
     """Run the tasks; fills ``results`` (key -> result, ``values`` a float64 row in schema order)
-    as they complete, so an interrupted run still stores what finished."""
+    as they complete, so an interrupted run still stores what finished. ``checkpoint`` is
+    ``(seconds, store)``: ``store()`` is called whenever that long has passed since the last call."""
     rad = [t for t in targets if t.kind == "rad"]
     # ROIs of one study version side by side: a batch reads each version once
     dl = sorted((t for t in targets if t.kind == "dl"), key=lambda t: (t.zarr_path, t.view))
@@ -340,6 +363,7 @@ def _compute(ws: Workspace, targets: list[Target], params: dict[str, Any], spec:
             futures[fut] = batch
         summary.tasks = len(futures)
         done = 0
+        last_checkpoint = time.monotonic()
         for fut in as_completed(futures):
             batch = futures[fut]
             try:
@@ -356,6 +380,9 @@ def _compute(ws: Workspace, targets: list[Target], params: dict[str, Any], spec:
                 if old is None or (old["status"] != "ok" and res["status"] == "ok"):
                     results[t.key] = res
             done += 1
+            if checkpoint is not None and time.monotonic() - last_checkpoint >= checkpoint[0]:
+                checkpoint[1]()
+                last_checkpoint = time.monotonic()
             if progress:
                 first = batch[0]
                 label = (f"{first.patient_id} {first.view}" if first.kind == "rad"
@@ -442,7 +469,8 @@ def _store(cat: Catalog, ws: Workspace, run_id: str, targets: list[Target],
                 f"patients {sorted({t.patient_id for t in ok})[:3]}...) to the offline store: {e}"
             ) from e
         summary.offline_parts.append(str(part))
-        summary.per_view[view] = ViewCount(len(ok), 0)
+        before = summary.per_view.get(view, ViewCount(0, 0)).written
+        summary.per_view[view] = ViewCount(before + len(ok), 0)
         written += len(ok)
 
     hashes = {"rad": params_hash(params) if "rad" in lineage_versions else None,

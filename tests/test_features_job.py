@@ -12,6 +12,8 @@ import json
 import logging
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -323,6 +325,38 @@ def test_a_worker_killed_mid_run_still_gives_every_row_once(tmp_path, cluster) -
         frame = read_view(ws, view, summary.versions[kind])
         assert len(frame) == len(LATEST) - (roi == "edema")
         assert not frame.duplicated(["patient_id", "study_id", "scan_version"]).any()
+
+
+def test_a_killed_driver_keeps_its_checkpoints_and_the_next_run_does_the_rest(tmp_path, cluster) -> None:
+    """SIGKILL the whole `atrx features` process group after its first checkpoint: what was
+    stored stays (Parquet + lineage), the next run computes only the rest, every ROI gets one
+    lineage row."""
+    ws = build_workspace(tmp_path / "home")
+    env = {**os.environ, "ATRX_HOME": ws.home, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "atrx.cli", "features", "--weights", RANDOM, "--workers", "1",
+         "--checkpoint-seconds", "0"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not any(Path(ws.offline).rglob("part-*.parquet")):
+        time.sleep(0.05)
+    time.sleep(1.0)  # the lineage rows of that checkpoint follow the Parquet part
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    all_targets = len(LATEST) * 12
+    resumed = run_features(ws, scheduler=cluster.scheduler.address, weights=RANDOM)
+    computed = sum(resumed.results.values())
+    assert 0 < computed < all_targets, f"the rerun computed {computed} of {all_targets} ROIs"
+    rows = lineage(ws)
+    assert len(rows) == all_targets
+    assert not rows.duplicated(["patient_id", "study_id", "scan_version", "feature_view"]).any()
+    assert set(rows["status"]) == {"ok", "failed"}  # failed: the study without edema
+    for kind, roi, seq in all_views():
+        view = view_name(kind, roi, seq)
+        frame = read_view(ws, view, resumed.versions[kind])
+        keys = set(zip(frame["patient_id"], frame["study_id"], frame["scan_version"], strict=True))
+        ok = rows[(rows["feature_view"] == view) & (rows["status"] == "ok")]
+        assert keys == set(zip(ok["patient_id"], ok["study_id"], ok["scan_version"], strict=True))
 
 
 def test_missing_imagenet_weights_fail_before_any_work(tmp_path, monkeypatch) -> None:

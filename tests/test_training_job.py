@@ -143,7 +143,10 @@ def trained(ws: Workspace, tmp_path_factory: pytest.TempPathFactory):
 
     path = tmp_path_factory.mktemp("study") / "fast.yaml"
     path.write_text(FAST_STUDY)
-    return run_train(ws, as_of="2025-01-01", study_path=path)
+    steps: list[str] = []
+    summary = run_train(ws, as_of="2025-01-01", study_path=path, progress=steps.append)
+    summary.steps = steps  # what the CLI prints while the run goes on
+    return summary
 
 
 # --- configuration ---------------------------------------------------------------------------------
@@ -247,6 +250,10 @@ def test_train_end_to_end_through_feast(ws: Workspace, trained) -> None:
 
     s = trained
     assert s.exit_code == 0
+    assert s.steps[0].startswith("reading point-in-time features")
+    assert sum(m.startswith("imaging model ") for m in s.steps) == 9
+    assert "imaging model 9/9 Overall hybrid: mean CV AUC" in " ".join(s.steps)
+    assert s.steps[-1].startswith("protocol done")
     tables = s.tables()
     assert [len(t.rows) for t in tables] == [11, 11]
     assert [r[0] for r in tables[1].rows][-2:] == [CLINICAL, FUSION]

@@ -42,7 +42,7 @@ from training.dataset import (
     split,
     training_frame,
 )
-from training.protocol import CLINICAL, FUSION, SETS, ProtocolResult, run_protocol
+from training.protocol import CLINICAL, FUSION, SETS, ProgressFn, ProtocolResult, run_protocol
 from training.study import DEFAULT_STUDY_PATH, StudyConfig, load_study
 
 __all__ = [
@@ -285,8 +285,10 @@ def _train(
     as_of: str | dt.date | dt.datetime | None,
     study: StudyConfig,
     study_path: str | Path | None,
+    progress: ProgressFn | None = None,
 ) -> _Trained:
     t0 = time.perf_counter()
+    say = progress or (lambda _msg: None)
     from feature_repo.store import registered_versions
 
     cut = resolve_as_of(as_of)
@@ -301,12 +303,16 @@ def _train(
     timings: dict[str, float] = {}
     try:
         t = time.perf_counter()
+        say(f"reading point-in-time features of the labels known at {cut.date()} through Feast")
         data = training_frame(ws, cut, study)
         sp = split(data.frame, study)
         timings["features"] = time.perf_counter() - t
+        say(f"training frame: {data.n_rows} patients x {data.frame.shape[1]} columns "
+            f"({timings['features']:.0f} s); fitting {len(study.imaging_models())} imaging models")
         t = time.perf_counter()
-        result = run_protocol(data.frame, sp, study)
+        result = run_protocol(data.frame, sp, study, progress=say)
         timings["protocol"] = time.perf_counter() - t
+        say(f"protocol done ({timings['protocol']:.0f} s); writing figures, report and model")
 
         t = time.perf_counter()
         run_dir = Path(ws.runs) / run_id
@@ -422,10 +428,13 @@ def run_train(
     ws: Workspace,
     as_of: str | dt.date | dt.datetime | None = None,
     study_path: str | Path | None = None,
+    progress: ProgressFn | None = None,
 ) -> TrainSummary:
-    """Train the study on the labels known at ``as_of``; write the run; register a candidate."""
+    """Train the study on the labels known at ``as_of``; write the run; register a candidate.
+
+    ``progress(message)`` is called at each step (the CLI prints it: a run takes minutes)."""
     study = load_study(study_path)
-    return _train(ws, as_of, study, study_path).summary
+    return _train(ws, as_of, study, study_path, progress).summary
 
 
 @dataclass
@@ -485,6 +494,7 @@ def run_retrain(
     ws: Workspace,
     as_of: str | dt.date | dt.datetime | None = None,
     study_path: str | Path | None = None,
+    progress: ProgressFn | None = None,
 ) -> RetrainSummary:
     """Train a candidate; promote it if AUC(candidate) >= AUC(production) - margin on the
     candidate's validation + test rows (or if there is no production model). One log line on
@@ -496,7 +506,7 @@ def run_retrain(
         study = load_study(study_path)
         margin = study.promotion.margin
         current = registry.production(ws)
-        trained = _train(ws, as_of, study, study_path)
+        trained = _train(ws, as_of, study, study_path, progress)
         result, data, sp = trained.result, trained.data, trained.split
         candidate = trained.summary.tag
         rows = np.concatenate([sp.validation, sp.test])

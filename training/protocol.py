@@ -283,7 +283,8 @@ def run_protocol(
 
     # 1. the imaging models, ranked by mean CV AUC on the training rows
     imaging: list[ImagingModelResult] = []
-    for spec in study.imaging_models():
+    specs = study.imaging_models()
+    for i, spec in enumerate(specs, start=1):
         t = time.perf_counter()
         cols = _imaging_columns(frame, spec)
         crossed = cross_fit(
@@ -295,7 +296,8 @@ def run_protocol(
         imaging.append(result)
         log.info("imaging model %s: CV AUC %.3f (%d features in, %d selected, %.1fs)",
                  spec.label, result.cv_auc, len(cols), len(selected_features(final)), result.seconds)
-        say(f"{spec.label}: CV AUC {result.cv_auc:.3f}")
+        say(f"imaging model {i}/{len(specs)} {spec.label}: mean CV AUC {result.cv_auc:.3f}, "
+            f"{len(selected_features(final))} of {len(cols)} features kept ({result.seconds:.0f} s)")
     best = max(imaging, key=lambda r: r.cv_auc)  # first of equals: the table order decides ties
 
     # 2. classifiers compared on the best feature set
@@ -316,7 +318,8 @@ def run_protocol(
         cv=study.imaging.cv_folds,
         random_state=study.seeds.cv,
     ).fit_from_cross_fit(train, y["train"], best.cross, best.final)
-    say(f"fusion model on {best.spec.label}")
+    say(f"best imaging model {best.spec.label}; classifiers compared; clinical and fusion "
+        "models fitted")
     scale = _score_scale(best.cross.oof_scores, fusion.imaging_score(train))
 
     # 4. probabilities of every model on every set
