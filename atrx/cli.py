@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -217,10 +218,8 @@ StudyOpt = Annotated[Path | None, typer.Option("--study", help="study protocol Y
 
 def _step_printer(con):  # noqa: ANN001, ANN202 - CLI glue
     """One timestamped line per step of a long job (plain text, so it reads well in a log too)."""
-    import time as _time
-
-    start = _time.monotonic()
-    return lambda msg: con.print(f"[dim]{_time.monotonic() - start:6.0f}s[/] {msg}", highlight=False)
+    start = time.monotonic()
+    return lambda msg: con.print(f"[dim]{time.monotonic() - start:6.0f}s[/] {msg}", highlight=False)
 
 
 def _print_tables(con, tables) -> None:  # noqa: ANN001 - CLI glue
@@ -390,7 +389,6 @@ def demo(
 ) -> None:
     """The whole flow on a generated three-center cohort: synth, validate, ingest, features, train,
     register and promote, materialize, serve, predict over HTTP."""
-    import time
 
     from atrx.cluster import default_workers
     from atrx.config.center import load_center

@@ -17,3 +17,10 @@ def append_section(text: str, doc: Path = DOC) -> Path:
     with doc.open("a") as fh:
         fh.write(text)
     return doc
+
+
+def publish(text: str, write: bool = True, doc: Path = DOC) -> None:
+    """Print a benchmark's markdown section and, unless ``write`` is False, append it to the doc."""
+    print(text)
+    if write:
+        print(f"appended to {append_section(text, doc)}")

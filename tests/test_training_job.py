@@ -138,6 +138,19 @@ def small_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def small_protocol(ws: Workspace, small_study: Path):
+    """(study, frame, split, protocol result) of the small study, fitted once for the module."""
+    from training.dataset import split, training_frame
+    from training.protocol import run_protocol
+    from training.study import load_study
+
+    study = load_study(small_study)
+    frame = training_frame(ws, "2025-01-01", study).frame
+    sp = split(frame, study)
+    return study, frame, sp, run_protocol(frame, sp, study)
+
+
+@pytest.fixture(scope="module")
 def trained(ws: Workspace, tmp_path_factory: pytest.TempPathFactory):
     from training.job import run_train
 
@@ -320,15 +333,11 @@ def test_served_model_needs_only_its_required_features(ws: Workspace, trained) -
     assert ((prob >= model.cutoff_) == (groups == "high")).all()
 
 
-def test_no_leakage_from_validation_and_test_rows(ws: Workspace, small_study: Path) -> None:
-    from training.dataset import LABEL, split, training_frame
+def test_no_leakage_from_validation_and_test_rows(small_protocol) -> None:
+    from training.dataset import LABEL
     from training.protocol import run_protocol
-    from training.study import load_study
 
-    study = load_study(small_study)
-    frame = training_frame(ws, "2025-01-01", study).frame
-    sp = split(frame, study)
-    base = run_protocol(frame, sp, study)
+    study, frame, sp, base = small_protocol
     fusion = base.fusion
 
     train = frame.iloc[sp.train]
@@ -356,18 +365,13 @@ def test_no_leakage_from_validation_and_test_rows(ws: Workspace, small_study: Pa
     assert again.metrics["Fusion"]["test"] != base.metrics["Fusion"]["test"]
 
 
-def test_fusion_fit_equals_protocol_cross_fit(ws: Workspace, small_study: Path) -> None:
+def test_fusion_fit_equals_protocol_cross_fit(small_protocol) -> None:
     """FusionModel.fit alone reproduces the protocol's fusion model (one implementation)."""
     from sklearn.base import clone
 
-    from training.dataset import LABEL, split, training_frame
-    from training.protocol import run_protocol
-    from training.study import load_study
+    from training.dataset import LABEL
 
-    study = load_study(small_study)
-    frame = training_frame(ws, "2025-01-01", study).frame
-    sp = split(frame, study)
-    result = run_protocol(frame, sp, study)
+    study, frame, sp, result = small_protocol
     protocol_model = result.fusion
     assert protocol_model.imaging_pipeline_["clf"].C == study.imaging.lr_c
     # the scores the fusion weight was learnt on and those it is applied to share one scale

@@ -54,7 +54,16 @@ from training.models import (
 )
 from training.study import ImagingModelSpec, StudyConfig
 
-__all__ = ["CLINICAL", "FUSION", "SETS", "ImagingModelResult", "ProtocolResult", "run_protocol"]
+__all__ = [
+    "CLINICAL",
+    "FUSION",
+    "SETS",
+    "ImagingModelResult",
+    "ProtocolResult",
+    "imaging_columns",
+    "imaging_template",
+    "run_protocol",
+]
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +177,23 @@ def _check_split(frame: pd.DataFrame, split: Split) -> None:
         raise ValueError("the training set is empty")
 
 
-def _imaging_columns(frame: pd.DataFrame, spec: ImagingModelSpec) -> list[str]:
+def imaging_template(study: StudyConfig, classifier: str = "lr") -> Pipeline:
+    """The unfitted imaging pipeline (selection chain + ``classifier``) as ``study`` sets it up."""
+    sel = study.selection
+    return make_imaging_pipeline(
+        classifier,
+        random_state=study.seeds.selection,
+        alpha=sel.alpha,
+        lasso_cv=sel.lasso_cv,
+        lasso_Cs=sel.lasso_cs,
+        lasso_min_ratio=sel.lasso_min_ratio,
+        max_features=sel.max_features,
+        lr_c=study.imaging.lr_c,
+    ).set_params(lasso__max_features=sel.lasso_max_features)
+
+
+def imaging_columns(frame: pd.DataFrame, spec: ImagingModelSpec) -> list[str]:
+    """The frame's feature columns of the imaging model's views."""
     cols = [c for c in frame.columns if any(c.startswith(f"{v}__") for v in spec.views)]
     if not cols:
         raise ValueError(f"imaging model {spec.name}: the frame has no columns of views {spec.views}")
@@ -194,9 +219,7 @@ def _compare_classifiers(
     out = []
     select_final = best.final[:-1]
     for name in study.imaging.compare_classifiers:
-        template = make_imaging_pipeline(
-            name, random_state=study.seeds.selection, lr_c=study.imaging.lr_c
-        )[-1]
+        template = imaging_template(study, name)[-1]
         if name == "lr":
             aucs = list(best.cross.fold_aucs)
         else:
@@ -269,24 +292,14 @@ def run_protocol(
     parts = {s: frame.iloc[idx].reset_index(drop=True) for s, idx in rows.items()}
     y = {s: y_all[idx] for s, idx in rows.items()}
     train = parts["train"]
-    sel = study.selection
-    template = make_imaging_pipeline(
-        "lr",
-        random_state=study.seeds.selection,
-        alpha=sel.alpha,
-        lasso_cv=sel.lasso_cv,
-        lasso_Cs=sel.lasso_cs,
-        lasso_min_ratio=sel.lasso_min_ratio,
-        max_features=sel.max_features,
-        lr_c=study.imaging.lr_c,
-    ).set_params(lasso__max_features=sel.lasso_max_features)
+    template = imaging_template(study)
 
     # 1. the imaging models, ranked by mean CV AUC on the training rows
     imaging: list[ImagingModelResult] = []
     specs = study.imaging_models()
     for i, spec in enumerate(specs, start=1):
         t = time.perf_counter()
-        cols = _imaging_columns(frame, spec)
+        cols = imaging_columns(frame, spec)
         crossed = cross_fit(
             template, train[cols], y["train"], folds=study.imaging.cv_folds,
             random_state=study.seeds.cv,

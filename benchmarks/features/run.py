@@ -35,7 +35,7 @@ from atrx.workspace import Workspace
 from ingest.store import version_path, write_version
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _record import append_section  # noqa: E402
+from _record import publish  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 GFLOP_PER_IMAGE = 7.3  # ResNet34 at 224x224: 3.6 G multiply-adds
@@ -260,10 +260,7 @@ def main() -> None:
                          f"(direct DuckDB) | {t_feast / t_duck:.2f} |")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        append_section(text)
+    publish("\n".join(lines) + "\n", write=not args.no_write)
 
 
 if __name__ == "__main__":

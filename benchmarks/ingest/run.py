@@ -23,7 +23,7 @@ from ingest.driver import run_ingest
 from ingest.synth import generate_cohort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _record import append_section  # noqa: E402
+from _record import publish  # noqa: E402
 
 
 def measure(cohort: Path, workers: int) -> tuple[int, float]:
@@ -66,10 +66,7 @@ def main() -> None:
     ]
     for w, (n, s, ppm) in sorted(results.items()):
         lines.append(f"| {w} | {n} | {s:.1f} | {ppm:.2f} | {ppm / base:.2f} | {ppm / base / w:.2f} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        append_section(text)
+    publish("\n".join(lines) + "\n", write=not args.no_write)
 
 
 if __name__ == "__main__":

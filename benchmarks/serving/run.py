@@ -36,7 +36,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from _record import append_section  # noqa: E402
+from _record import publish  # noqa: E402
 
 from atrx.workspace import Workspace  # noqa: E402
 
@@ -217,10 +217,7 @@ def main() -> None:
         "|---|---|---|---|",
         *rows,
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.no_write:
-        append_section(text)
+    publish("\n".join(lines) + "\n", write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -26,33 +26,30 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.base import clone
 
 from atrx.workspace import Workspace
 from training.dataset import LABEL, split, training_frame
-from training.models import make_imaging_pipeline
-from training.protocol import CLINICAL, FUSION, run_protocol
+from training.protocol import CLINICAL, FUSION, imaging_columns, imaging_template, run_protocol
 from training.study import StudyConfig, load_study
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from _record import append_section  # noqa: E402
+from _record import publish  # noqa: E402
 
 SKLEARN_GRID = list(np.logspace(-4, 4, 20))
 
 
 def chain_seconds(frame, sp, study: StudyConfig, model: str, grid) -> tuple[float, int, int]:
-    """Seconds to fit one imaging model's selection chain; LASSO survivors; final features."""
+    """Seconds to fit one imaging model's selection chain; LASSO survivors; final features.
+
+    ``grid``: C values replacing the study's LASSO grid (None: the study's own)."""
     spec = {s.name: s for s in study.imaging_models()}[model]
-    cols = [c for c in frame.columns if any(c.startswith(f"{v}__") for v in spec.views)]
+    cols = imaging_columns(frame, spec)
     train = frame.iloc[sp.train]
-    sel = study.selection
-    pipe = make_imaging_pipeline(
-        "lr", random_state=study.seeds.selection, alpha=sel.alpha, lasso_cv=sel.lasso_cv,
-        lasso_Cs=grid if grid is not None else sel.lasso_cs, lasso_min_ratio=sel.lasso_min_ratio,
-        max_features=sel.max_features,
-    )
+    pipe = imaging_template(study)
+    if grid is not None:
+        pipe.set_params(lasso__Cs=grid)
     t0 = time.perf_counter()
-    fitted = clone(pipe).fit(train[cols], train[LABEL].to_numpy())
+    fitted = pipe.fit(train[cols], train[LABEL].to_numpy())
     seconds = time.perf_counter() - t0
     return seconds, int(fitted["lasso"].get_support().sum()), int(fitted["aic"].get_support().sum())
 
@@ -75,6 +72,9 @@ def main() -> None:
 
     ws = Workspace.at(args.home)
     study = load_study(args.study)
+    names = [s.name for s in study.imaging_models()]
+    if args.model not in names:
+        ap.error(f"--model {args.model!r} is not an imaging model of the study; choose one of {names}")
     t0 = time.perf_counter()
     data = training_frame(ws, None, study)
     load_s = time.perf_counter() - t0
@@ -137,10 +137,7 @@ def main() -> None:
           f"{r[4]:.3f} ({r[9][CLINICAL]:.3f}) | {'yes' if r[5] else 'no'} ({'yes' if r[10] else 'no'}) | "
           f"{r[6]} ({r[7]:.3f}) | {r[11]:.2f} | {r[8]:.0f} |\n" for r in rows),
     ]
-    text = "".join(lines)
-    print(text)
-    if not args.no_write:
-        print(f"appended to {append_section(text)}")
+    publish("".join(lines), write=not args.no_write)
 
 
 if __name__ == "__main__":
