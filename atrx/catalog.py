@@ -10,10 +10,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from collections.abc import Iterable
+from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final, Literal
 
 import duckdb
+import pandas as pd
+
+from atrx.errors import NotFoundError
 
 SCHEMA_VERSION = 1
 
@@ -54,12 +59,64 @@ CREATE TABLE IF NOT EXISTS lineage (
 """
 
 
+#: a ROI's lineage status: ``ok`` features written; ``failed`` the data cannot give features (not
+#: retried for the same feature version); ``error`` something around it broke (retried next run)
+LineageStatus = Literal["ok", "failed", "error"]
+#: statuses that settle a (study version, view, feature version): it is not computed again
+SETTLED: Final[tuple[str, ...]] = ("ok", "failed")
+RunStatus = Literal["running", "ok", "failed", "interrupted", "partial"]
+
+
+@dataclass(frozen=True)
+class StudyVersion:
+    """The latest version of one study, as the features stage plans from it."""
+
+    patient_id: str
+    center: str
+    study_id: str
+    version: int
+    scan_date: dt.date | None
+    zarr_path: str
+
+
+@dataclass(frozen=True)
+class LineageRow:
+    """One ROI's outcome for one feature version: what made it, and whether it gave features."""
+
+    patient_id: str
+    study_id: str
+    scan_version: int
+    feature_view: str
+    feature_version: str
+    params_hash: str | None
+    versions: str | None  # JSON of the library (and weights) versions
+    status: LineageStatus
+    reason: str | None
+    run_id: str
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """One row of ``runs``."""
+
+    run_id: str
+    stage: str
+    status: str
+    started_at: dt.datetime
+    counts: dict[str, Any]
+
+
 def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
 def new_run_id(stage: str) -> str:
     return f"{stage}-{now():%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+class CatalogNotFoundError(NotFoundError, FileNotFoundError):
+    """The workspace has no catalog yet."""
 
 
 class Catalog:
@@ -70,7 +127,8 @@ class Catalog:
         if not read_only:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         elif not Path(path).exists():
-            raise FileNotFoundError(f"no catalog at {path}; run `atrx ingest` first (or check --home)")
+            raise CatalogNotFoundError(f"no catalog at {path}",
+                                       fix="run `atrx ingest` first, or check --home / $ATRX_HOME")
         self.con = duckdb.connect(path, read_only=read_only)
         if not read_only:
             self.con.execute(_DDL)
@@ -98,6 +156,24 @@ class Catalog:
     def finish_run(self, run_id: str, status: str, counts: dict[str, Any]) -> None:
         self.con.execute("UPDATE runs SET finished_at = ?, status = ?, counts = ? WHERE run_id = ?",
                          [now(), status, json.dumps(counts), run_id])
+
+    def last_run(self, stage: str, exclude: str | None = None) -> RunRecord | None:
+        """The most recent run of ``stage`` (other than ``exclude``), or None."""
+        row = self.con.execute(
+            "SELECT run_id, stage, status, started_at, counts FROM runs WHERE stage = ? AND run_id <> ? "
+            "ORDER BY started_at DESC LIMIT 1", [stage, exclude or ""]).fetchone()
+        if row is None:
+            return None
+        return RunRecord(row[0], row[1], row[2], row[3], json.loads(row[4]) if row[4] else {})
+
+    def last_ok_run_started(self, stage: str, flag: str | None = None) -> dt.datetime | None:
+        """Start of the last ``ok`` run of ``stage`` (whose counts have ``flag`` true, if given)."""
+        sql = "SELECT max(started_at) FROM runs WHERE stage = ? AND status = 'ok'"
+        params: list[Any] = [stage]
+        if flag is not None:
+            sql += " AND json_extract(counts, '$.' || ?)::BOOLEAN"
+            params.append(flag)
+        return self.con.execute(sql, params).fetchone()[0]
 
     # scans ------------------------------------------------------------------------------------
     def latest_scans(self, center: str) -> dict[str, tuple[int, str]]:
@@ -132,6 +208,68 @@ class Catalog:
             self.con.execute("ROLLBACK")
             raise
 
+    def latest_study_versions(self) -> list[StudyVersion]:
+        """The latest version of every study of every center, ordered by patient and study.
+
+        The catalog records a version only after its group was written and marked complete.
+        """
+        rows = self.con.execute(
+            "SELECT patient_id, center, study_id, version, scan_date, zarr_path FROM scans "
+            "QUALIFY row_number() OVER (PARTITION BY patient_id, study_id ORDER BY version DESC) = 1 "
+            "ORDER BY patient_id, study_id").fetchall()
+        return [StudyVersion(r[0], r[1], r[2], int(r[3]), r[4], r[5]) for r in rows]
+
+    def scanned_patients(self) -> set[str]:
+        """Pseudonyms of every patient with at least one ingested scan."""
+        return {r[0] for r in self.con.execute("SELECT DISTINCT patient_id FROM scans").fetchall()}
+
+    # lineage ----------------------------------------------------------------------------------
+    def settled_lineage(self) -> set[tuple[str, str, int, str, str]]:
+        """(patient, study, scan version, view, feature version) of every settled ROI."""
+        marks = ", ".join("?" for _ in SETTLED)
+        rows = self.con.execute(
+            "SELECT DISTINCT patient_id, study_id, scan_version, feature_view, feature_version "
+            f"FROM lineage WHERE status IN ({marks})", list(SETTLED)).fetchall()
+        return {(r[0], r[1], int(r[2]), r[3], r[4]) for r in rows}
+
+    def record_lineage(self, rows: Iterable[LineageRow]) -> int:
+        """Append lineage rows in one transaction (all or none); returns how many."""
+        values = [astuple(r) for r in rows]
+        if not values:
+            return 0
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            self.con.executemany("INSERT INTO lineage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+            self.con.execute("COMMIT")
+        except BaseException:
+            self.con.execute("ROLLBACK")
+            raise
+        return len(values)
+
+    def lineage_ok_scans(self, view: str, feature_version: str) -> int:
+        """How many study versions have features of ``view`` at ``feature_version``."""
+        return int(self.con.execute(
+            "SELECT count(*) FROM (SELECT DISTINCT patient_id, study_id, scan_version FROM lineage "
+            "WHERE feature_view = ? AND feature_version = ? AND status = 'ok')",
+            [view, feature_version]).fetchone()[0])
+
+    def latest_feature_versions(self) -> dict[str, str]:
+        """view -> the feature version of its most recent ``ok`` lineage row."""
+        rows = self.con.execute(
+            "SELECT feature_view, feature_version FROM lineage WHERE status = 'ok' "
+            "QUALIFY row_number() OVER (PARTITION BY feature_view ORDER BY created_at DESC) = 1"
+        ).fetchall()
+        return {r[0]: r[1] for r in rows}
+
+    def lineage(self, run_id: str | None = None) -> pd.DataFrame:
+        """Lineage rows (of one run, or all), as a frame."""
+        sql = "SELECT * FROM lineage"
+        params: list[Any] = []
+        if run_id is not None:
+            sql += " WHERE run_id = ?"
+            params.append(run_id)
+        return self.con.execute(sql + " ORDER BY patient_id, feature_view", params).df()
+
     # clinical and labels ----------------------------------------------------------------------
     def upsert_clinical(self, center: str, run_id: str, rows: list[dict[str, Any]]) -> int:
         """Insert or update clinical values and labels; returns how many rows changed."""
@@ -152,6 +290,36 @@ class Catalog:
                  r["pathology_date"], now(), run_id],
             )
         return changed
+
+    def clinical_frame(self) -> pd.DataFrame:
+        """Clinical rows of scanned patients, with the earliest scan date as ``event_timestamp`` (UTC).
+
+        The values describe the patient at diagnosis; patients without a scan have nothing to join.
+        """
+        frame = self.con.execute(
+            "SELECT c.*, s.first_scan AS event_timestamp FROM clinical c "
+            "JOIN (SELECT patient_id, min(scan_date) AS first_scan FROM scans GROUP BY patient_id) s "
+            "USING (patient_id) ORDER BY patient_id").df()
+        frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"]).dt.tz_localize("UTC")
+        return frame
+
+    def labels_frame(self) -> pd.DataFrame:
+        """Every label row (``atrx_status``, ``atrx_mutant``, ``pathology_date``, ...)."""
+        return self.con.execute("SELECT * FROM labels ORDER BY patient_id").df()
+
+    def clinical_updated_at(self) -> dt.datetime | None:
+        """When a clinical or label row last changed, or None when there are none."""
+        return self.con.execute(
+            "SELECT max(u) FROM (SELECT max(updated_at) u FROM clinical "
+            "UNION ALL SELECT max(updated_at) FROM labels)").fetchone()[0]
+
+    def labelled_scanned_patients(self, limit: int | None = None) -> list[str]:
+        """Patients with a label and a scan, last center first (the demo asks for a few)."""
+        sql = ("SELECT patient_id FROM labels WHERE patient_id IN (SELECT patient_id FROM scans) "
+               "ORDER BY center DESC, patient_id")
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [r[0] for r in self.con.execute(sql).fetchall()]
 
     # quarantine -------------------------------------------------------------------------------
     def quarantine(self, run_id: str, center: str, patient_id: str | None, study_id: str | None, stage: str,

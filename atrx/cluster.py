@@ -13,6 +13,8 @@ from contextlib import contextmanager
 
 from distributed import Client, LocalCluster
 
+from atrx.errors import InputError
+
 
 def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
@@ -50,7 +52,8 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, gpus: 
         try:
             from dask_cuda import LocalCUDACluster
         except ImportError as e:
-            raise RuntimeError("--gpus needs dask-cuda: pip install 'atrx-fusion[gpu]'") from e
+            raise InputError("--gpus needs dask-cuda, which is not installed",
+                             fix="pip install 'atrx-fusion[gpu]' on a machine with CUDA") from e
         # one worker per GPU, each declaring the resource the CNN tasks ask for
         cluster = LocalCUDACluster(threads_per_worker=threads_per_worker, dashboard_address=":0",
                                    silence_logs=logging.ERROR, resources={"GPU": 1})

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from atrx.errors import InputError
+
 HOME_ENV = "ATRX_HOME"
 DEFAULT_HOME = ".atrx"
 
@@ -48,9 +50,9 @@ class Workspace:
     def catalog(self) -> str:
         """DuckDB catalog (scans, clinical, labels, quarantine, runs, lineage). Local only."""
         if not self.is_local:
-            raise ValueError(
-                f"the DuckDB catalog must live on a local path, but home is {self.home!r}; "
-                "run the driver with a local --home and let workers share the image store"
+            raise InputError(
+                f"the DuckDB catalog must live on a local path, but home is {self.home!r}",
+                fix="run the driver with a local --home and let workers share the image store",
             )
         return self._join("catalog.duckdb")
 

@@ -32,9 +32,11 @@ from feature_repo.layout import (
     LABELS,
     check_version,
     check_view,
-    default_feature_names,
     imaging_spec,
     parts_glob,
+)
+from feature_repo.layout import (
+    feature_names as folder_feature_names,
 )
 
 #: no look-back limit (pinned by tests: Feast 0.67 treats 0 as "lives forever")
@@ -92,7 +94,8 @@ def build_feature_view(
     """One view reading ``offline/{view}/{feature_version}/``, with its canonical fields."""
     check_view(view)
     check_version(feature_version)
-    names = list(feature_names) if feature_names is not None else default_feature_names(view)
+    names = (list(feature_names) if feature_names is not None
+             else folder_feature_names(ws, view, feature_version))
     if not names:
         raise ValueError(f"view {view!r}: no feature names given")
     if len(set(names)) != len(names):
@@ -130,8 +133,8 @@ def build_feature_views(
 ) -> list[FeatureView]:
     """The views named in ``versions`` (view -> feature_version folder), in canonical order.
 
-    ``feature_names`` overrides the generated names for some views (tests use a few per view);
-    the others get every name their extractor produces.
+    ``feature_names`` gives the names of some views; the others take the feature columns of
+    their version folder's Parquet schema (what the extractor wrote).
     """
     unknown = sorted(set(versions) - set(ALL_VIEWS))
     if unknown:

@@ -130,20 +130,21 @@ def available_versions(ws: Workspace) -> dict[str, list[str]]:
     return out
 
 
-def default_feature_names(view: str) -> list[str]:
-    """Canonical feature names of ``view`` as the extractors produce them.
+def feature_names(ws: Workspace, view: str, version: str) -> list[str]:
+    """The feature columns of one version folder: the fixed tabular names, or the newest part's schema.
 
-    Imports the extractors lazily: radiomics names need a PyRadiomics dry run, deep names import
-    torch, and neither is needed to write or read Parquet.
+    Imaging names are whatever the extractor wrote (its own name functions made them), so the
+    Feast layer never imports an extractor (torch, pyradiomics) to learn them.
     """
-    spec = imaging_spec(view)
-    if spec is None:
+    if imaging_spec(view) is None:
         return list(CLINICAL_FEATURES if view == CLINICAL else LABEL_FEATURES)
-    kind, roi, sequence = spec
-    if kind == "rad":
-        from features.radiomics import radiomics_feature_names
+    parts = part_files(ws, view, version)
+    if not parts:
+        raise FileNotFoundError(
+            f"view {view!r} has no Parquet parts in {version_dir(ws, view, version)}; "
+            "run `atrx features` first, or pass the feature names explicitly"
+        )
+    import pyarrow.parquet as pq
 
-        return radiomics_feature_names(roi, sequence)
-    from features.deep import deep_feature_names
-
-    return deep_feature_names(roi, sequence)
+    skip = {*KEY_COLUMNS, *IMAGING_EXTRA_COLUMNS}
+    return [n for n in pq.read_schema(parts[-1]).names if n not in skip]

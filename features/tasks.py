@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
+from atrx.imagestore import read_version
 from atrx.names import view_name
 from features.deep import (
     WeightsSpec,
@@ -34,7 +35,6 @@ from features.deep import (
 )
 from features.errors import FeatureError
 from features.radiomics import extract_radiomics
-from ingest.store import read_version
 
 #: (images_root, zarr_path, roi, sequence): one crop of a deep batch
 DeepItem = tuple[str, str, str, str]
@@ -55,7 +55,7 @@ def load_scan(images_root: str, zarr_path: str,
               names: Sequence[str] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Arrays ((z, y, x); all or ``names``) and attributes of one complete study version.
 
-    Refuses a group that was never marked complete (:class:`ingest.store.IncompleteVersionError`).
+    Refuses a group that was never marked complete (:class:`atrx.imagestore.IncompleteVersionError`).
     """
     return read_version(images_root, zarr_path, list(names) if names is not None else None)
 

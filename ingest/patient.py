@@ -21,6 +21,7 @@ import SimpleITK as sitk
 
 from atrx import __version__ as atrx_version
 from atrx.config.center import CenterConfig
+from atrx.imagestore import read_attrs, version_path, write_version
 from ingest.deid import redact_path, redact_text
 from ingest.discover import PatientPlan, SourceRef, StudyPlan
 from ingest.preprocess import (
@@ -30,7 +31,6 @@ from ingest.preprocess import (
     preprocess_study,
 )
 from ingest.readers import ReadError, read_image, read_mask
-from ingest.store import read_attrs, version_path, write_version
 
 DEBUG_ENV = "ATRX_DEBUG"
 

@@ -161,7 +161,7 @@ def needed_versions(metadata: Mapping[str, Any], required: Sequence[str]) -> dic
 
 def production_record(ws: Workspace, tag: str | None = None) -> Any:
     """The registry record to serve (``tag``, ``$ATRX_MODEL_TAG`` or the production stage)."""
-    from training import registry
+    from atrx import registry
 
     wanted = tag or os.environ.get(MODEL_TAG_ENV) or "production"
     try:
@@ -177,7 +177,7 @@ def production_record(ws: Workspace, tag: str | None = None) -> Any:
 
 def load_served_model(ws: Workspace, tag: str | None = None) -> ServedModel:
     """Load the model to serve from the workspace's BentoML store, once."""
-    from training import registry
+    from atrx import registry
 
     record = production_record(ws, tag)
     model = registry.load_model(ws, record.tag)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import zarr
 
+from atrx.imagestore import IncompleteVersionError, read_version, version_path, write_version
 from ingest.deid import pseudonymise_patient, pseudonymise_study, redact_path
-from ingest.store import IncompleteVersionError, read_version, version_path, write_version
 
 
 def test_pseudonyms_are_keyed_stable_and_center_scoped() -> None:

@@ -24,6 +24,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 from atrx.catalog import Catalog
+from atrx.imagestore import version_path, write_version
 from atrx.names import ROIS, SEQUENCES, all_views, view_name
 from atrx.workspace import Workspace
 from features.deep import N_DEEP_FEATURES, deep_feature_names
@@ -32,7 +33,6 @@ from features.job import run_features
 from features.radiomics import feature_count, load_params, radiomics_feature_names
 from features.tasks import radiomics_task
 from features.versioning import deep_version, radiomics_version
-from ingest.store import version_path, write_version
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -23,10 +23,10 @@ import SimpleITK as sitk
 import zarr
 
 from atrx.config.center import load_center
+from atrx.imagestore import read_version
 from atrx.workspace import Workspace
 from ingest.deid import pseudonymise_patient
 from ingest.driver import run_ingest
-from ingest.store import read_version
 from ingest.synth import generate_cohort
 
 REPO = Path(__file__).resolve().parents[1]

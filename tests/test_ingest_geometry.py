@@ -10,9 +10,9 @@ import SimpleITK as sitk
 import yaml
 
 from atrx.config.center import load_center
+from atrx.imagestore import read_version
 from atrx.workspace import Workspace
 from ingest.driver import run_ingest
-from ingest.store import read_version
 from ingest.synth import write_dicom_series
 
 CENTER_MM = np.array([6.0, -12.0, 9.0])  # physical (LPS) centre of the planted lesion

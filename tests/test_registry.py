@@ -57,7 +57,7 @@ def _meta(model, run_id: str) -> dict:
 
 
 def test_save_list_promote_production(tmp_path: Path, model, data) -> None:
-    from training import registry
+    from atrx import registry
 
     ws = Workspace.at(tmp_path / "home")
     assert registry.production(ws) is None
@@ -103,7 +103,7 @@ def test_labels_are_fixed_at_save_so_stages_live_next_to_the_store(tmp_path: Pat
     import attr
     import bentoml
 
-    from training import registry
+    from atrx import registry
 
     ws = Workspace.at(tmp_path / "home")
     tag = registry.save_candidate(ws, model, _meta(model, "run-1"))
@@ -117,7 +117,7 @@ def test_labels_are_fixed_at_save_so_stages_live_next_to_the_store(tmp_path: Pat
 
 
 def test_workspaces_have_separate_stores(tmp_path: Path, model) -> None:
-    from training import registry
+    from atrx import registry
 
     a, b = Workspace.at(tmp_path / "a"), Workspace.at(tmp_path / "b")
     tag = registry.save_candidate(a, model, _meta(model, "run-a"))
@@ -131,7 +131,7 @@ def test_workspaces_have_separate_stores(tmp_path: Path, model) -> None:
 
 def test_fresh_process_loads_the_model_with_bentoml_home(tmp_path: Path, model, data) -> None:
     """What a serving process does: BENTOML_HOME set before bentoml is imported, then load."""
-    from training import registry
+    from atrx import registry
 
     ws = Workspace.at(tmp_path / "home")
     tag = registry.save_candidate(ws, model, _meta(model, "run-1"))
@@ -154,7 +154,7 @@ def test_fresh_process_loads_the_model_with_bentoml_home(tmp_path: Path, model, 
 
 def test_metadata_with_missing_values_is_saved(tmp_path: Path, model) -> None:
     """A small cohort leaves some metrics undefined (None); BentoML would refuse them."""
-    from training import registry
+    from atrx import registry
 
     ws = Workspace.at(tmp_path / "home")
     meta = {**_meta(model, "run-n"), "metrics": {"fusion": {"test": {"auc": 0.8, "auc_lo": None}}},

@@ -112,8 +112,8 @@ def build_workspace(home: Path, seed: int = 0) -> Workspace:
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """Workspace with a trained, promoted model and a materialized online store."""
+    from atrx import registry
     from serving.materialize import run_materialize
-    from training import registry
     from training.job import run_train
 
     root = tmp_path_factory.mktemp("serving")
@@ -129,7 +129,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
 
 @pytest.fixture(scope="module")
 def model(ws: Workspace):
-    from training import registry
+    from atrx import registry
 
     return registry.load_model(ws)
 
@@ -216,10 +216,10 @@ def test_materialize_without_production_model_says_what_to_run(tmp_path: Path) -
 
 
 def test_predict_matches_in_process(server, ws: Workspace, model, patients, expected) -> None:
+    from atrx import registry
     from feature_repo.store import online_features
     from serving.predictor import feature_views_of
     from serving.server import predict_http
-    from training import registry
 
     pid = patients[0]
     out = predict_http(server.url, pid, api_key=API_KEY)

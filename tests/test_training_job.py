@@ -258,7 +258,7 @@ def test_split_is_stratified_seeded_and_center_based(ws: Workspace) -> None:
 
 # --- protocol --------------------------------------------------------------------------------------
 def test_train_end_to_end_through_feast(ws: Workspace, trained) -> None:
-    from training import registry
+    from atrx import registry
     from training.protocol import CLINICAL, FUSION
 
     s = trained
@@ -311,7 +311,7 @@ def test_train_end_to_end_through_feast(ws: Workspace, trained) -> None:
 
 
 def test_served_model_needs_only_its_required_features(ws: Workspace, trained) -> None:
-    from training import registry
+    from atrx import registry
     from training.dataset import split, training_frame
     from training.study import StudyConfig
 
@@ -400,7 +400,7 @@ def test_unstable_imaging_score_scale_is_reported(caplog: pytest.LogCaptureFixtu
 # --- retraining ------------------------------------------------------------------------------------
 def _promote_bad_model(ws: Workspace, study_path: Path) -> str:
     """Register and promote a model trained on permuted labels: a production model to beat."""
-    from training import registry
+    from atrx import registry
     from training.dataset import LABEL, split, training_frame
     from training.fusion import FusionModel
     from training.models import make_imaging_pipeline
@@ -420,7 +420,7 @@ def _promote_bad_model(ws: Workspace, study_path: Path) -> str:
 def test_retrain_promotes_better_and_keeps_production_otherwise(
     tmp_path: Path, small_study: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from training import registry
+    from atrx import registry
     from training.job import run_retrain
 
     ws = build_workspace(tmp_path / "home")

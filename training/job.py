@@ -29,10 +29,10 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
+from atrx import registry
 from atrx.catalog import Catalog
 from atrx.config.base import ConfigError
 from atrx.workspace import Workspace
-from training import registry
 from training.dataset import (
     LABEL,
     Split,

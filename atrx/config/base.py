@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from atrx.errors import InputError
+
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -19,13 +21,14 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A configuration file is unreadable or invalid. ``problems`` holds one line per error."""
 
     def __init__(self, path: str | os.PathLike[str], problems: list[str]):
         self.path = str(path)
         self.problems = problems
-        super().__init__(f"{self.path}: invalid configuration\n" + "\n".join(f"  - {p}" for p in problems))
+        super().__init__(f"{self.path}: invalid configuration\n" + "\n".join(f"  - {p}" for p in problems),
+                         fix=f"edit {self.path} as each line says")
 
 
 _ENV = re.compile(r"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>[^}]*))?\}")

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from atrx.config.base import ConfigError, StrictModel, expand_env, load_yaml_model
+from atrx.errors import InputError
 
 SequenceName = Literal["t1c", "t2f"]
 MaskName = Literal["lesion", "tumor"]
@@ -187,9 +188,9 @@ class Deid(StrictModel):
             return self.key
         if self.key_env and os.environ.get(self.key_env):
             return os.environ[self.key_env]
-        raise ValueError(
-            f"no pseudonymisation key: set the environment variable {self.key_env or 'ATRX_DEID_KEY'} "
-            "(or deid.key_env / deid.key in the center file)"
+        raise InputError(
+            f"no pseudonymisation key: the environment variable {self.key_env or 'ATRX_DEID_KEY'} is not set",
+            fix=f"export {self.key_env or 'ATRX_DEID_KEY'}=<key> (or set deid.key_env / deid.key in the center file)",
         )
 
 

@@ -30,9 +30,9 @@ import numpy as np
 import pandas as pd
 
 from atrx.catalog import Catalog
+from atrx.imagestore import version_path, write_version
 from atrx.names import ROIS, SEQUENCES, all_views, view_name
 from atrx.workspace import Workspace
-from ingest.store import version_path, write_version
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from _record import publish  # noqa: E402

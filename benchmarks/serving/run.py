@@ -92,9 +92,9 @@ def build_workspace(home: Path, patients: int, features: int, seed: int = 0) -> 
 
 def prepare(ws: Workspace, study_path: Path) -> tuple[str, list[str]]:
     """Train, promote and materialize; returns the tag and the servable patient ids."""
+    from atrx import registry
     from feature_repo.offline import read_offline
     from serving.materialize import run_materialize
-    from training import registry
     from training.job import run_train
 
     study_path.write_text(STUDY)

@@ -38,6 +38,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from atrx.errors import NotFoundError
 from atrx.workspace import Workspace
 
 __all__ = [
@@ -63,7 +64,7 @@ STAGES: tuple[str, ...] = ("candidate", "production", "archived")
 STAGE_FILE = "atrx_stages.json"
 
 
-class RegistryError(LookupError):
+class RegistryError(NotFoundError):
     """A tag is unknown, or the stage file is inconsistent."""
 
 

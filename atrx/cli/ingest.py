@@ -1,0 +1,123 @@
+"""``atrx synth``, ``atrx center validate``, ``atrx ingest``: from an export to the image store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from atrx.cli._common import HomeOpt, SchedulerOpt, WorkersOpt
+
+
+def synth(
+    out: Annotated[Path, typer.Option("--out", help="folder to write the cohort into")] = Path(".atrx/cohort"),
+    scale: Annotated[float, typer.Option("--scale", min=0.01, help="multiply every count of Table 1")] = 1.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    workers: WorkersOpt = None,
+) -> None:
+    """Write a synthetic three-center export (DICOM, NIfTI, NRRD, CSV/XLSX) shaped like Table 1."""
+    from atrx.cluster import default_workers
+    from atrx.ui import console, kv_table, progress_bar
+    from ingest.synth import generate_cohort
+
+    con = console()
+    with progress_bar(con, "synthesising patients", 1) as update:
+        summary = generate_cohort(out, scale=scale, seed=seed, workers=workers or default_workers(),
+                                  progress=lambda d, t: update(d, t, ""))
+    print_cohort(con, summary)
+    con.print(kv_table("summary", [("written to", out.resolve()), ("seconds", f"{summary.seconds:.1f}"),
+                                   ("center files", out.resolve() / "centers")]))
+
+
+def print_cohort(con: Any, summary: Any) -> None:
+    """The per-center table of a generated cohort."""
+    from atrx.ui import rows_table
+
+    rows = summary.table()
+    con.print(rows_table("synthetic cohort", list(rows[0].keys()), [list(r.values()) for r in rows]))
+
+
+def center_validate(
+    config: Annotated[Path, typer.Argument(help="centers/<id>.yaml")],
+    max_problems: Annotated[int, typer.Option("--max-problems", help="rows of problems to show")] = 200,
+) -> None:
+    """Dry run: check a center file against its export and write nothing.
+
+    Exit code 0: ready; 1: some patients would be quarantined (listed); 2: the file or the export
+    cannot be used at all.
+    """
+    from atrx.config.center import load_center
+    from atrx.ui import console, kv_table, rows_table
+    from ingest.discover import plan_center
+
+    con = console()
+    cfg = load_center(config)
+    plan = plan_center(cfg, cfg.deid.resolve_key())
+    counts = plan.counts()
+    con.print(kv_table(f"center {cfg.center}: {config}", [*counts.items()]))
+    problems = plan.all_problems()
+    if problems:
+        con.print(rows_table(
+            "problems (patient ids are raw here: this report stays on your machine)",
+            ["patient", "blocking", "what", "file", "fix"],
+            [(p.patient or "-", "yes" if p.blocking else "note", p.what, p.file, p.fix) for p in problems],
+            max_rows=max_problems))
+    center_blocking = [p for p in plan.problems if p.blocking]
+    n_block = len(plan.blocking)
+    verdict = ("[bold red]cannot ingest this center[/]" if center_blocking or not plan.patients else
+               f"[bold yellow]{counts['patients_refused']} patient(s) would be quarantined[/]" if n_block else
+               "[bold green]ready to ingest[/]")
+    con.print(f"{verdict}: {counts['patients_ready']} of {counts['patients']} patients ready, "
+              f"{n_block} blocking problem(s), {len(problems) - n_block} note(s). Nothing was written.")
+    if center_blocking or not plan.patients:
+        raise typer.Exit(2)
+    if n_block:
+        raise typer.Exit(1)
+
+
+def ingest(
+    configs: Annotated[list[Path], typer.Argument(help="one or more centers/<id>.yaml")],
+    home: HomeOpt = None,
+    scheduler: SchedulerOpt = None,
+    workers: WorkersOpt = None,
+) -> None:
+    """Ingest centers into <home>/images.zarr and <home>/catalog.duckdb on a Dask cluster."""
+    from atrx.config.center import load_center
+    from atrx.ui import console
+    from atrx.workspace import Workspace
+
+    ws = Workspace.at(home)
+    cfgs = [load_center(c) for c in configs]
+    for cfg in cfgs:
+        cfg.deid.resolve_key()  # every key before the first center starts
+    con = console()
+    any_quarantined = False
+    for cfg in cfgs:
+        summary = ingest_one(con, cfg, ws, scheduler, workers)
+        any_quarantined |= summary.studies["quarantined"] > 0 or summary.patients_quarantined > 0
+    con.print(f"workspace: {ws.home}")
+    if any_quarantined:
+        con.print("[yellow]some patients were quarantined; the table above says why and how to fix it[/]")
+
+
+def ingest_one(con: Any, cfg: Any, ws: Any, scheduler: str | None, workers: int | None) -> Any:
+    """Ingest one center with a progress bar and print its summary and quarantine."""
+    from atrx.ui import kv_table, progress_bar, rows_table
+    from ingest.driver import run_ingest
+
+    with progress_bar(con, f"ingesting center {cfg.center}", 1) as update:
+        summary = run_ingest(cfg, ws, scheduler=scheduler, workers=workers, progress=update)
+    con.print(kv_table(f"ingest summary: center {cfg.center}", summary.rows()))
+    blocking = [q for q in summary.quarantined if q["blocking"]]
+    if blocking:
+        con.print(rows_table(f"quarantined ({len(blocking)})", ["patient", "study", "stage", "reason", "file", "fix"],
+                             [(q["patient_id"] or "-", q["study_id"], q["stage"], q["reason"], q["file"], q["fix"])
+                              for q in blocking], max_rows=50))
+    return summary
+
+
+def register(app: typer.Typer, center_app: typer.Typer) -> None:
+    app.command()(synth)
+    center_app.command("validate")(center_validate)
+    app.command()(ingest)
