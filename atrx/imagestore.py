@@ -13,11 +13,13 @@ from typing import Any
 import numpy as np
 import zarr
 
+from atrx.errors import ConflictError
+
 CHUNKS = (64, 64, 64)
 STORE_LAYOUT_VERSION = 1
 
 
-class IncompleteVersionError(RuntimeError):
+class IncompleteVersionError(ConflictError):
     """A version group exists but was never marked complete (an interrupted write)."""
 
 

@@ -14,6 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from atrx.errors import AtrxError, debug_enabled
 from atrx.workspace import Workspace
 
 
@@ -39,7 +40,23 @@ def _versions(ws: Workspace, pinned: Sequence[str]) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run one command; returns the exit status."""
+    """Parse ``argv`` and run one command; returns the exit status.
+
+    An :class:`atrx.errors.AtrxError` prints its message and fix and returns its exit code, as
+    ``atrx`` does (``ATRX_DEBUG=1``: the traceback instead).
+    """
+    try:
+        return _main(argv)
+    except AtrxError as err:
+        if debug_enabled():
+            raise
+        print(f"error: {err.message}", file=sys.stderr)
+        if err.fix:
+            print(f"fix: {err.fix}", file=sys.stderr)
+        return int(err.exit_code)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m feature_repo", description="Register and materialize ATRX feature views."
     )

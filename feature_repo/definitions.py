@@ -20,6 +20,7 @@ from feast.data_format import ParquetFormat
 from feast.types import Float32, Float64, Int64, PrimitiveFeastType, String
 
 from atrx.workspace import Workspace
+from feature_repo.errors import FeatureViewError
 from feature_repo.layout import (
     ALL_VIEWS,
     CLINICAL,
@@ -77,13 +78,14 @@ def _fields(view: str, names: Sequence[str]) -> list[Field]:
         dtypes = CLINICAL_FEATURES if view == CLINICAL else LABEL_FEATURES
         unknown = [n for n in names if n not in dtypes]
         if unknown:
-            raise ValueError(f"view {view!r} has no features {unknown}; it has {list(dtypes)}")
+            raise FeatureViewError(f"view {view!r} has no features {unknown}; it has {list(dtypes)}")
         return [Field(name=n, dtype=_FEAST_TYPES[dtypes[n]]) for n in names]
     foreign = [n for n in names if not n.startswith(f"{view}__")]
     if foreign:
-        raise ValueError(
+        raise FeatureViewError(
             f"view {view!r}: feature names must start with '{view}__' (canonical names), "
-            f"got {foreign[:5]}"
+            f"got {foreign[:5]}",
+            fix="name imaging features as atrx.names makes them (the extractors' name functions)",
         )
     return [Field(name=n, dtype=IMAGING_FEAST_TYPE) for n in names]
 
@@ -97,9 +99,9 @@ def build_feature_view(
     names = (list(feature_names) if feature_names is not None
              else folder_feature_names(ws, view, feature_version))
     if not names:
-        raise ValueError(f"view {view!r}: no feature names given")
+        raise FeatureViewError(f"view {view!r}: no feature names given")
     if len(set(names)) != len(names):
-        raise ValueError(f"view {view!r}: duplicate feature names")
+        raise FeatureViewError(f"view {view!r}: duplicate feature names")
     spec = imaging_spec(view)
     tags = {"feature_version": feature_version, "n_features": str(len(names))}
     if spec is None:
@@ -138,11 +140,11 @@ def build_feature_views(
     """
     unknown = sorted(set(versions) - set(ALL_VIEWS))
     if unknown:
-        raise ValueError(f"unknown feature views {unknown}; expected some of {list(ALL_VIEWS)}")
+        raise FeatureViewError(f"unknown feature views {unknown}; expected some of {list(ALL_VIEWS)}")
     names = dict(feature_names or {})
     stray = sorted(set(names) - set(versions))
     if stray:
-        raise ValueError(f"feature_names given for views {stray} that have no entry in versions")
+        raise FeatureViewError(f"feature_names given for views {stray} that have no entry in versions")
     return [
         build_feature_view(ws, view, versions[view], names.get(view))
         for view in ALL_VIEWS

@@ -13,8 +13,10 @@ import re
 from pathlib import Path
 from typing import Final
 
+from atrx.errors import InputError
 from atrx.names import KINDS, ROIS, SEQUENCES, all_views, view_name
 from atrx.workspace import Workspace
+from feature_repo.errors import FeatureViewError, NoPartsError
 
 PROJECT: Final[str] = "atrx"
 ENTITY: Final[str] = "patient"
@@ -63,16 +65,20 @@ _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 def check_view(view: str) -> str:
     """Return ``view`` if it is one of the 14 feature views, else raise naming the known ones."""
     if view not in ALL_VIEWS:
-        raise ValueError(f"unknown feature view {view!r}; expected one of {list(ALL_VIEWS)}")
+        raise FeatureViewError(
+            f"unknown feature view {view!r}; expected one of {list(ALL_VIEWS)}",
+            fix="use a view name such as 'rad_tumor_t1c', 'dl_edema_t2f' or 'clinical'",
+        )
     return view
 
 
 def check_version(version: str) -> str:
     """Return ``version`` if it is usable as a folder name (and inside a SQL string literal)."""
     if not isinstance(version, str) or not _VERSION_RE.match(version):
-        raise ValueError(
+        raise FeatureViewError(
             f"bad feature_version {version!r}: use letters, digits, '.', '_' or '-' (not first), "
-            "at most 128 characters, e.g. 'rad-3f2a9c1b0d4e' or 'v1'"
+            "at most 128 characters, e.g. 'rad-3f2a9c1b0d4e' or 'v1'",
+            fix="use the name of a version folder under <home>/offline/<view>/",
         )
     return version
 
@@ -89,9 +95,9 @@ def imaging_spec(view: str) -> tuple[str, str, str] | None:
 
 def _local_offline(ws: Workspace) -> Path:
     if not ws.is_local:
-        raise ValueError(
-            f"the Feast offline store must be on a local path, but home is {ws.home!r}; "
-            "run the feature store with a local --home"
+        raise InputError(
+            f"the Feast offline store must be on a local path, but home is {ws.home!r}",
+            fix="run the feature store with a local --home",
         )
     return Path(ws.offline)
 
@@ -140,9 +146,9 @@ def feature_names(ws: Workspace, view: str, version: str) -> list[str]:
         return list(CLINICAL_FEATURES if view == CLINICAL else LABEL_FEATURES)
     parts = part_files(ws, view, version)
     if not parts:
-        raise FileNotFoundError(
-            f"view {view!r} has no Parquet parts in {version_dir(ws, view, version)}; "
-            "run `atrx features` first, or pass the feature names explicitly"
+        raise NoPartsError(
+            f"view {view!r} has no Parquet parts in {version_dir(ws, view, version)}",
+            fix="run `atrx features` first, or pass the feature names explicitly",
         )
     import pyarrow.parquet as pq
 

@@ -1,8 +1,9 @@
 """Writing and reading the Parquet offline store, and the point-in-time join done directly in DuckDB.
 
-Feast only reads these files; everything that writes them goes through :func:`write_offline`, which
-checks the column contract of :mod:`feature_repo.layout` so a bad frame fails here, naming the view
-and column, instead of as a NULL-filled training matrix later. Nothing here imports Feast.
+Feast only reads these files; everything that writes them goes through :func:`write_offline` (or
+the clinical export), which checks the column contract (:mod:`feature_repo.schema`) so a bad frame
+fails here, naming the view and column, instead of as a NULL-filled training matrix later. Nothing
+here imports Feast.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from atrx.errors import InputError
 from atrx.workspace import Workspace
+from feature_repo.errors import NoPartsError, OfflineSchemaError
 from feature_repo.layout import (
-    ATRX_STATUS_VALUES,
     CLINICAL,
     CLINICAL_FEATURES,
     CREATED_TIMESTAMP,
@@ -30,34 +32,26 @@ from feature_repo.layout import (
     IMAGING_EXTRA_COLUMNS,
     JOIN_KEY,
     KEY_COLUMNS,
-    LABEL_FEATURES,
     LABELS,
     PART_PREFIX,
     PART_SUFFIX,
-    SCAN_VERSION,
-    SEX_VALUES,
-    STUDY_ID,
-    check_version,
-    check_view,
-    imaging_spec,
     part_files,
     parts_glob,
     version_dir,
 )
+from feature_repo.schema import require_columns, to_table, utc_timestamps
 
-_TIMESTAMP = pa.timestamp("us", tz="UTC")
-_ARROW_TYPES = {
-    "float32": pa.float32(),
-    "float64": pa.float64(),
-    "int64": pa.int64(),
-    "string": pa.string(),
-}
+__all__ = [
+    "TABULAR_VERSION",
+    "OfflineSchemaError",
+    "direct_point_in_time",
+    "export_clinical_and_labels",
+    "read_offline",
+    "write_offline",
+]
+
 #: default version folder of the clinical and labels exports
 TABULAR_VERSION = "v1"
-
-
-class OfflineSchemaError(ValueError):
-    """A frame or file does not follow the offline store's column contract."""
 
 
 def write_offline(
@@ -74,7 +68,7 @@ def write_offline(
     if given, must be exactly the frame's feature columns. A frame whose columns differ from the
     parts already in the folder is refused: a different feature set is a different version.
     """
-    table = _to_table(view, feature_version, frame, feature_names)
+    table = to_table(view, feature_version, frame, feature_names)
     folder = version_dir(ws, view, feature_version)
     folder.mkdir(parents=True, exist_ok=True)
     _check_matches_existing(ws, view, feature_version, table.schema)
@@ -85,9 +79,10 @@ def read_offline(ws: Workspace, view: str, feature_version: str) -> pd.DataFrame
     """Every row of every part file of one version folder (all extractions, not deduplicated)."""
     parts = part_files(ws, view, feature_version)
     if not parts:
-        raise FileNotFoundError(
-            f"no part files in {version_dir(ws, view, feature_version)}; write them with "
-            "feature_repo.offline.write_offline or check feature_repo.layout.available_versions"
+        raise NoPartsError(
+            f"no part files in {version_dir(ws, view, feature_version)}",
+            fix="write them with feature_repo.offline.write_offline (`atrx features`), or pick a "
+            "version that feature_repo.layout.available_versions lists",
         )
     table = pa.concat_tables([pq.read_table(p) for p in parts])
     return table.to_pandas()
@@ -110,8 +105,8 @@ def export_clinical_and_labels(
     """
     created = pd.Timestamp(created_at)
     created = created.tz_localize("UTC") if created.tzinfo is None else created.tz_convert("UTC")
-    _require(CLINICAL, clinical, [JOIN_KEY, *CLINICAL_FEATURES, EVENT_TIMESTAMP])
-    _require(LABELS, labels, [JOIN_KEY, "atrx_status", "pathology_date"])
+    require_columns(CLINICAL, clinical, [JOIN_KEY, *CLINICAL_FEATURES, EVENT_TIMESTAMP])
+    require_columns(LABELS, labels, [JOIN_KEY, "atrx_status", "pathology_date"])
     for view, frame in ((CLINICAL, clinical), (LABELS, labels)):
         dup = frame[JOIN_KEY][frame[JOIN_KEY].duplicated()].unique()
         if len(dup):
@@ -125,9 +120,9 @@ def export_clinical_and_labels(
     labels_out = pd.DataFrame(
         {
             JOIN_KEY: labels[JOIN_KEY].reset_index(drop=True),
-            EVENT_TIMESTAMP: _utc(LABELS, "pathology_date", labels["pathology_date"]).reset_index(
-                drop=True
-            ),
+            EVENT_TIMESTAMP: utc_timestamps(
+                LABELS, "pathology_date", labels["pathology_date"]
+            ).reset_index(drop=True),
             CREATED_TIMESTAMP: created,
             FEATURE_VERSION: feature_version,
             "atrx_mutant": (status == "mutant").astype("int64").reset_index(drop=True),
@@ -135,8 +130,8 @@ def export_clinical_and_labels(
         }
     )
     tables = {
-        CLINICAL: _to_table(CLINICAL, feature_version, clinical_out, None),
-        LABELS: _to_table(LABELS, feature_version, labels_out, None),
+        CLINICAL: to_table(CLINICAL, feature_version, clinical_out, None),
+        LABELS: to_table(LABELS, feature_version, labels_out, None),
     }
     for view, table in tables.items():
         folder = version_dir(ws, view, feature_version)
@@ -164,7 +159,10 @@ def direct_point_in_time(
     """
     parts = part_files(ws, view, feature_version)
     if not parts:
-        raise FileNotFoundError(f"no part files in {version_dir(ws, view, feature_version)}")
+        raise NoPartsError(
+            f"no part files in {version_dir(ws, view, feature_version)}",
+            fix="run `atrx features` first, or pick a version that has files",
+        )
     available = [
         c
         for c in pq.read_schema(parts[-1]).names
@@ -176,12 +174,12 @@ def direct_point_in_time(
         raise OfflineSchemaError(
             f"{view}/{feature_version}: no feature columns {missing[:5]} in {parts[-1].name}"
         )
-    _require("entity_df", entity_df, [JOIN_KEY, EVENT_TIMESTAMP])
+    require_columns("entity_df", entity_df, [JOIN_KEY, EVENT_TIMESTAMP])
     entity = pd.DataFrame(
         {
             "_row": np.arange(len(entity_df), dtype="int64"),
             JOIN_KEY: entity_df[JOIN_KEY].to_numpy(),
-            EVENT_TIMESTAMP: _utc(
+            EVENT_TIMESTAMP: utc_timestamps(
                 "entity_df", EVENT_TIMESTAMP, entity_df[EVENT_TIMESTAMP]
             ).reset_index(drop=True),
         }
@@ -217,175 +215,15 @@ def direct_point_in_time(
     base = entity_df.reset_index(drop=True)
     clash = [c for c in wanted if c in base.columns]
     if clash:
-        raise ValueError(f"entity_df already has columns {clash}; drop them or do not request them")
+        raise InputError(
+            f"entity_df already has columns {clash}",
+            fix="drop them from entity_df, or do not request them",
+        )
     return pd.concat([base, joined], axis=1)
 
 
 def _q(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
-
-
-def _require(view: str, frame: pd.DataFrame, columns: Sequence[str]) -> None:
-    if not isinstance(frame, pd.DataFrame):
-        raise TypeError(f"{view}: expected a pandas DataFrame, got {type(frame).__name__}")
-    missing = [c for c in columns if c not in frame.columns]
-    if missing:
-        raise OfflineSchemaError(
-            f"{view}: frame lacks required column(s) {missing}; it needs {list(columns)}"
-        )
-
-
-def _utc(view: str, column: str, values: pd.Series) -> pd.Series:
-    """Timestamps as UTC; naive values (and plain dates) are taken to be UTC already."""
-    if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
-        raise OfflineSchemaError(
-            f"{view}: column {column!r} must hold timestamps or dates, got dtype {values.dtype}"
-        )
-    try:
-        out = pd.to_datetime(values, utc=True)
-    except (TypeError, ValueError) as exc:
-        raise OfflineSchemaError(
-            f"{view}: column {column!r} must hold timestamps or dates ({exc})"
-        ) from exc
-    if out.isna().any():
-        raise OfflineSchemaError(
-            f"{view}: column {column!r} has {int(out.isna().sum())} missing value(s); every row "
-            "needs one"
-        )
-    return out
-
-
-def _strings(view: str, column: str, values: pd.Series, nullable: bool) -> pa.Array:
-    nulls = values.isna()
-    if not nullable and nulls.any():
-        raise OfflineSchemaError(f"{view}: column {column!r} has missing values")
-    if not values[~nulls].map(lambda v: isinstance(v, str)).all():
-        raise OfflineSchemaError(f"{view}: column {column!r} must hold strings")
-    return pa.array(values.astype(object).where(~nulls, None), type=pa.string())
-
-
-def _numbers(view: str, column: str, values: pd.Series, dtype: str) -> pa.Array:
-    if pd.api.types.is_bool_dtype(values) or not pd.api.types.is_numeric_dtype(values):
-        raise OfflineSchemaError(
-            f"{view}: column {column!r} must be numeric ({dtype}), got dtype {values.dtype}"
-        )
-    if dtype == "int64":
-        present = values.dropna()
-        if not pd.api.types.is_integer_dtype(values) and not (present == np.round(present)).all():
-            raise OfflineSchemaError(f"{view}: column {column!r} must hold whole numbers (int64)")
-        return pa.array(values.astype("Int64"), type=pa.int64(), from_pandas=True)
-    return pa.array(values.astype(dtype), type=_ARROW_TYPES[dtype], from_pandas=True)
-
-
-def _feature_columns(
-    view: str, frame: pd.DataFrame, fixed: Sequence[str], feature_names: Sequence[str] | None
-) -> list[str]:
-    spec = imaging_spec(view)
-    rest = [c for c in frame.columns if c not in fixed]
-    if spec is None:
-        expected = list(CLINICAL_FEATURES if view == CLINICAL else LABEL_FEATURES)
-        if feature_names is not None and list(feature_names) != expected:
-            raise OfflineSchemaError(f"{view}: its features are fixed: {expected}")
-    else:
-        bad = [c for c in rest if not isinstance(c, str) or not c.startswith(f"{view}__")]
-        if bad:
-            raise OfflineSchemaError(
-                f"{view}: unexpected column(s) {bad[:5]}; imaging feature columns are canonical "
-                f"names starting with '{view}__' (atrx.names), other columns are not stored"
-            )
-        expected = list(feature_names) if feature_names is not None else rest
-        if not expected:
-            raise OfflineSchemaError(f"{view}: frame has no feature columns ('{view}__...')")
-    missing = [c for c in expected if c not in frame.columns]
-    extra = [c for c in rest if c not in expected]
-    if missing or extra:
-        raise OfflineSchemaError(
-            f"{view}: feature columns do not match: missing {missing[:5]}, unexpected {extra[:5]}"
-        )
-    return expected
-
-
-def _to_table(
-    view: str, feature_version: str, frame: pd.DataFrame, feature_names: Sequence[str] | None
-) -> pa.Table:
-    check_view(view)
-    check_version(feature_version)
-    imaging = imaging_spec(view) is not None
-    fixed = [*KEY_COLUMNS, *(IMAGING_EXTRA_COLUMNS if imaging else ())]
-    _require(view, frame, [c for c in fixed if c != FEATURE_VERSION])
-    frame = frame.reset_index(drop=True)
-    features = _feature_columns(view, frame, fixed, feature_names)
-
-    if FEATURE_VERSION in frame.columns:
-        other = sorted(set(frame[FEATURE_VERSION].dropna().astype(str)) - {feature_version})
-        if other or frame[FEATURE_VERSION].isna().any():
-            raise OfflineSchemaError(
-                f"{view}: column {FEATURE_VERSION!r} holds {other or ['<missing>']} but the frame is "
-                f"being written to version folder {feature_version!r}"
-            )
-    columns: dict[str, pa.Array] = {
-        JOIN_KEY: _strings(view, JOIN_KEY, frame[JOIN_KEY], nullable=False),
-        EVENT_TIMESTAMP: pa.array(_utc(view, EVENT_TIMESTAMP, frame[EVENT_TIMESTAMP])).cast(
-            _TIMESTAMP, safe=False
-        ),
-        CREATED_TIMESTAMP: pa.array(_utc(view, CREATED_TIMESTAMP, frame[CREATED_TIMESTAMP])).cast(
-            _TIMESTAMP, safe=False
-        ),
-        FEATURE_VERSION: pa.array([feature_version] * len(frame), type=pa.string()),
-    }
-    if imaging:
-        columns[STUDY_ID] = _strings(view, STUDY_ID, frame[STUDY_ID], nullable=False)
-        scan_version = frame[SCAN_VERSION]
-        if scan_version.isna().any():
-            raise OfflineSchemaError(f"{view}: column {SCAN_VERSION!r} has missing values")
-        columns[SCAN_VERSION] = _numbers(view, SCAN_VERSION, scan_version, "int64")
-        for name in features:
-            columns[name] = _numbers(view, name, frame[name], "float32")
-    else:
-        dtypes = CLINICAL_FEATURES if view == CLINICAL else LABEL_FEATURES
-        for name in features:
-            values = frame[name]
-            if dtypes[name] == "string":
-                columns[name] = _strings(view, name, values, nullable=view == CLINICAL)
-            else:
-                columns[name] = _numbers(view, name, values, dtypes[name])
-        _check_tabular_values(view, frame)
-
-    keys = frame[[JOIN_KEY]].assign(
-        _e=columns[EVENT_TIMESTAMP].to_pandas(), _c=columns[CREATED_TIMESTAMP].to_pandas()
-    )
-    dup = keys.duplicated()
-    if dup.any():
-        raise OfflineSchemaError(
-            f"{view}: {int(dup.sum())} row(s) repeat a (patient_id, event_timestamp, "
-            f"created_timestamp) triple, e.g. patient {keys[JOIN_KEY][dup].iloc[0]!r}; "
-            "which one is current would be arbitrary"
-        )
-    return pa.table(columns)
-
-
-def _check_tabular_values(view: str, frame: pd.DataFrame) -> None:
-    if view == CLINICAL:
-        sex = frame["sex"].dropna()
-        bad = sorted(set(sex) - SEX_VALUES)
-        if bad:
-            raise OfflineSchemaError(
-                f"{view}: column 'sex' has {bad}; expected {sorted(SEX_VALUES)}"
-            )
-        return
-    status = frame["atrx_status"]
-    bad = sorted(set(status) - ATRX_STATUS_VALUES)
-    if bad:
-        raise OfflineSchemaError(
-            f"{view}: column 'atrx_status' has {bad}; expected {sorted(ATRX_STATUS_VALUES)}"
-        )
-    mutant = frame["atrx_mutant"]
-    if mutant.isna().any() or not mutant.isin([0, 1]).all():
-        raise OfflineSchemaError(f"{view}: column 'atrx_mutant' must be 0 or 1 in every row")
-    if ((status == "mutant").astype("int64") != mutant.astype("int64")).any():
-        raise OfflineSchemaError(
-            f"{view}: 'atrx_mutant' disagrees with 'atrx_status' (1 means 'mutant')"
-        )
 
 
 def _check_matches_existing(

@@ -16,8 +16,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 from feast import FeatureStore, FeatureView, RepoConfig
 
+from atrx.errors import InputError, ServiceError
 from atrx.workspace import Workspace
 from feature_repo.definitions import build_feature_views, patient_entity
+from feature_repo.errors import FeatureViewError
 from feature_repo.layout import (
     ALL_VIEWS,
     EVENT_TIMESTAMP,
@@ -37,9 +39,9 @@ _ROW: Final[str] = "_atrx_entity_row"
 def repo_config(ws: Workspace) -> RepoConfig:
     """The RepoConfig of ``feature_repo/feature_store.yaml``, with ``${ATRX_HOME}`` = ``ws.home``."""
     if not ws.is_local:
-        raise ValueError(
-            f"the Feast registry, online and offline stores must be local, but home is {ws.home!r}; "
-            "use a local --home"
+        raise InputError(
+            f"the Feast registry, online and offline stores must be local, but home is {ws.home!r}",
+            fix="use a local --home",
         )
     return RepoConfig(
         project=PROJECT,
@@ -121,9 +123,9 @@ def historical_features(
     base = _entity_frame(entity_df)
     clash = [r.split(":", 1)[1] for r in refs if r.split(":", 1)[1] in entity_df.columns]
     if clash:
-        raise ValueError(
-            f"entity_df already has columns {clash[:5]} that are also requested features; "
-            "drop them from entity_df or do not request them"
+        raise InputError(
+            f"entity_df already has columns {clash[:5]} that are also requested features",
+            fix="drop them from entity_df, or do not request them",
         )
     by_view: dict[str, list[str]] = {}
     for ref in refs:
@@ -137,7 +139,7 @@ def historical_features(
             entity_df=base, features=view_refs, full_feature_names=False
         ).to_df()
         if len(out) != len(base):
-            raise RuntimeError(
+            raise ServiceError(
                 f"Feast returned {len(out)} rows for {len(base)} entity rows of view "
                 f"{view_refs[0].split(':')[0]!r}; expected one per row"
             )
@@ -166,9 +168,10 @@ def materialize(
     names = list(views) if views is not None else [v for v in ALL_VIEWS if v in online]
     unknown = [v for v in names if v not in online]
     if unknown:
-        raise ValueError(
+        raise FeatureViewError(
             f"cannot materialize {unknown}: not registered online views (registered: "
-            f"{sorted(online)}); run feature_repo.store.apply first (labels are never served)"
+            f"{sorted(online)}); labels are never served",
+            fix="register them first (`atrx features`, or feature_repo.store.apply)",
         )
     return materialize_views(store, names, end, full, online)
 
@@ -220,7 +223,7 @@ def _check_columns(ws: Workspace, fv: FeatureView) -> None:
     columns = set(pq.read_schema(newest).names)
     missing = [f.name for f in fv.features if f.name not in columns]
     if missing:
-        raise ValueError(
+        raise FeatureViewError(
             f"view {fv.name!r}: {len(missing)} registered feature(s) are not columns of "
             f"{newest} (e.g. {missing[:3]}); pass the folder's names as feature_names, or write "
             f"the features to {version_dir(ws, fv.name, version)} under their canonical names"
@@ -237,9 +240,9 @@ def _feature_refs(
         chosen = list(views)
         unknown = [v for v in chosen if v not in registered]
         if unknown:
-            raise ValueError(
-                f"views {unknown} are not registered (registered: {sorted(registered)}); "
-                "run feature_repo.store.apply with their versions first"
+            raise FeatureViewError(
+                f"views {unknown} are not registered (registered: {sorted(registered)})",
+                fix="register them first (`atrx features`, or feature_repo.store.apply)",
             )
     owner = {f.name: v for v in chosen for f in registered[v].features}
     if features is None:
@@ -249,11 +252,11 @@ def _feature_refs(
         view, _, name = item.rpartition(":")
         if view:
             if view not in chosen or name not in {f.name for f in registered[view].features}:
-                raise ValueError(f"feature {item!r} is not in the registered views {chosen}")
+                raise FeatureViewError(f"feature {item!r} is not in the registered views {chosen}")
         elif name not in owner:
-            raise ValueError(
-                f"feature {name!r} is not a feature of the registered views {chosen}; "
-                "use a canonical name or 'view:feature'"
+            raise FeatureViewError(
+                f"feature {name!r} is not a feature of the registered views {chosen}",
+                fix="use a canonical name or 'view:feature'",
             )
         refs.append(f"{view or owner[name]}:{name}")
     return refs
@@ -262,12 +265,12 @@ def _feature_refs(
 def _entity_frame(entity_df: pd.DataFrame) -> pd.DataFrame:
     missing = [c for c in (JOIN_KEY, EVENT_TIMESTAMP) if c not in entity_df.columns]
     if missing:
-        raise ValueError(
+        raise InputError(
             f"entity_df lacks column(s) {missing}; it needs patient_id and event_timestamp"
         )
     ts = pd.to_datetime(entity_df[EVENT_TIMESTAMP], utc=True)
     if ts.isna().any():
-        raise ValueError(f"entity_df has {int(ts.isna().sum())} row(s) without an event_timestamp")
+        raise InputError(f"entity_df has {int(ts.isna().sum())} row(s) without an event_timestamp")
     frame: dict[str, Any] = {
         JOIN_KEY: entity_df[JOIN_KEY].astype(str).to_numpy(),
         EVENT_TIMESTAMP: ts.reset_index(drop=True),

@@ -27,6 +27,8 @@ N_DEEP_FEATURES = 1000
 INPUT_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+_SPEC_FIX = "use --weights imagenet, --weights random:SEED or --weights PATH to a ResNet34 .pth file"
+_STATE_DICT_FIX = "save the weights with torch.save(model.state_dict(), PATH) from torchvision's resnet34"
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class WeightsSpec:
         text = str(spec).strip()
         if not text:
             raise WeightsError(
-                "empty weights spec; expected 'imagenet', 'random:SEED' or a .pth path"
+                "empty weights spec; expected 'imagenet', 'random:SEED' or a .pth path", fix=_SPEC_FIX
             )
         if text == "imagenet":
             return cls("imagenet")
@@ -54,7 +56,8 @@ class WeightsSpec:
             seed = text.removeprefix("random:")
             if not seed.isdigit():
                 raise WeightsError(
-                    f"bad weights spec {spec!r}: expected 'random:SEED' with SEED a non-negative integer"
+                    f"bad weights spec {spec!r}: expected 'random:SEED' with SEED a non-negative integer",
+                    fix=_SPEC_FIX,
                 )
             return cls("random", seed=int(seed))
         return cls("file", path=Path(text).expanduser())
@@ -196,7 +199,8 @@ def _imagenet_file() -> Path:
         if not actual.startswith(prefix.group(1)):
             raise WeightsError(
                 f"{str(path)!r} is corrupt or not torchvision's file: its sha256 is {actual[:16]}..., "
-                f"expected one starting with {prefix.group(1)}"
+                f"expected one starting with {prefix.group(1)}",
+                fix=f"copy torchvision's file again from {ResNet34_Weights.IMAGENET1K_V1.url}",
             )
     return path
 
@@ -215,13 +219,15 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise WeightsError(
-            f"cannot read {str(path)!r} as a PyTorch state_dict: {type(e).__name__}: {e}"
+            f"cannot read {str(path)!r} as a PyTorch state_dict: {type(e).__name__}: {e}",
+            fix=_STATE_DICT_FIX,
         ) from e
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]  # a training checkpoint wrapping the weights
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise WeightsError(
-            f"{str(path)!r} holds a {type(obj).__name__}, expected a state_dict (name -> tensor)"
+            f"{str(path)!r} holds a {type(obj).__name__}, expected a state_dict (name -> tensor)",
+            fix=_STATE_DICT_FIX,
         )
     return obj
 
@@ -239,6 +245,7 @@ def _load_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], pat
         raise WeightsError(
             f"{str(path)!r} does not fit torchvision's resnet34: "
             f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected keys "
-            f"{unexpected[:3]}, {len(wrong_shape)} shape mismatches {wrong_shape[:3]}"
+            f"{unexpected[:3]}, {len(wrong_shape)} shape mismatches {wrong_shape[:3]}",
+            fix="give the weights of torchvision's resnet34 with its 1000-class head",
         )
     model.load_state_dict(state, strict=True)

@@ -24,11 +24,13 @@ import SimpleITK as sitk
 import yaml
 
 from atrx.names import radiomics_feature_name, view_name
-from features.errors import FeatureError
+from features.errors import FeatureError, RadiomicsParamsError
 
 DEFAULT_PARAMS_PATH = Path(__file__).resolve().parent / "params" / "radiomics.yaml"
 
 _TOP_LEVEL_KEYS = frozenset({"imageType", "featureClass", "setting"})
+_PARAMS_FIX = (f"start from {DEFAULT_PARAMS_PATH.name} (features/params/) and keep to PyRadiomics' "
+               "parameter file format")
 _QUIET_LEVEL = logging.CRITICAL + 10
 _QUIET_LOGGERS = ("radiomics", "pykwalify")
 
@@ -64,17 +66,21 @@ def load_params(path: str | Path | None = None) -> dict[str, Any]:
 def check_params(params: Any, source: str = "params") -> None:
     """Fail early, naming ``source``, if ``params`` is not a PyRadiomics parameter dict for binary masks."""
     if not isinstance(params, Mapping):
-        raise ValueError(
-            f"{source}: expected a mapping of PyRadiomics parameters, got {type(params).__name__}"
+        raise RadiomicsParamsError(
+            f"{source}: expected a mapping of PyRadiomics parameters, got {type(params).__name__}",
+            fix=_PARAMS_FIX,
         )
     unknown = set(params) - _TOP_LEVEL_KEYS
     if unknown:
-        raise ValueError(
-            f"{source}: unknown top-level keys {sorted(unknown)}; expected only {sorted(_TOP_LEVEL_KEYS)}"
+        raise RadiomicsParamsError(
+            f"{source}: unknown top-level keys {sorted(unknown)}; expected only {sorted(_TOP_LEVEL_KEYS)}",
+            fix=_PARAMS_FIX,
         )
     label = (params.get("setting") or {}).get("label", 1)
     if label != 1:
-        raise ValueError(f"{source}: setting.label must be 1 (masks are binary 0/1), got {label!r}")
+        raise RadiomicsParamsError(
+            f"{source}: setting.label must be 1 (masks are binary 0/1), got {label!r}",
+            fix="remove setting.label or set it to 1")
     with _quiet_pyradiomics():
         _new_extractor(params, source)
 
@@ -182,7 +188,8 @@ def _pyradiomics_keys(canonical_params: str) -> tuple[str, ...]:
     try:
         raw = extract_pyradiomics(image, mask, params, what="the synthetic probe sphere")
     except FeatureError as e:
-        raise ValueError(f"cannot determine the feature names these parameters produce: {e}") from e
+        raise RadiomicsParamsError(f"cannot determine the feature names these parameters produce: {e}",
+                                   fix=_PARAMS_FIX) from e
     return tuple(raw)
 
 
@@ -224,8 +231,8 @@ def _new_extractor(params: Mapping[str, Any], source: str) -> Any:
         with _CONSTRUCT_LOCK:
             return featureextractor.RadiomicsFeatureExtractor(copy.deepcopy(dict(params)))
     except Exception as e:
-        raise ValueError(
-            f"{source}: PyRadiomics rejected the parameters: {type(e).__name__}: {e}"
+        raise RadiomicsParamsError(
+            f"{source}: PyRadiomics rejected the parameters: {type(e).__name__}: {e}", fix=_PARAMS_FIX
         ) from e
 
 

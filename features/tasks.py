@@ -1,17 +1,11 @@
 """What one Dask task does: read a study version from the image store, compute, return plain data.
 
-No Dask here, and no catalog: the driver (:mod:`features.job`) schedules these functions and is the
-only process that writes. Every result is a dict with
+No Dask here, and no catalog: the driver (:mod:`features.compute`) schedules these functions and is
+the only process that writes. Every ROI gives one :class:`TaskResult`.
 
-* ``status``: ``ok``; ``failed`` when the ROI cannot give features (empty, too small, rejected by
-  PyRadiomics: a property of the data, recorded and not retried for the same feature version); or
-  ``error`` when something around the ROI broke (store unreadable, weights missing on a worker,
-  out of memory: retried on the next run);
-* ``values``: ``{canonical feature name: float}`` in the order of the view's schema, or None;
-* ``reason``: why it failed, naming the view and the study version, or None;
-* ``seconds``: time spent on this ROI in the task.
-
-Task functions never raise for a bad ROI: one bad mask must not cost the other ROIs of a batch.
+Task functions never raise for a bad ROI: one bad mask must not cost the other ROIs of a batch. An
+unexpected exception becomes an ``error`` result naming the ROI, except with ``ATRX_DEBUG=1``
+(:func:`atrx.errors.debug_enabled`), where it propagates raw so its own traceback is seen.
 """
 
 from __future__ import annotations
@@ -19,11 +13,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
 
+from atrx.catalog import LineageStatus
+from atrx.errors import debug_enabled
+from atrx.geometry import image_on_grid
 from atrx.imagestore import read_version
 from atrx.names import view_name
 from features.deep import (
@@ -38,6 +36,25 @@ from features.radiomics import extract_radiomics
 
 #: (images_root, zarr_path, roi, sequence): one crop of a deep batch
 DeepItem = tuple[str, str, str, str]
+
+
+@dataclass(frozen=True)
+class TaskResult:
+    """What one ROI gave.
+
+    ``status``: ``ok``; ``failed`` when the ROI cannot give features (empty, too small, rejected by
+    PyRadiomics: a property of the data, recorded and not retried for the same feature version); or
+    ``error`` when something around the ROI broke (store unreadable, weights missing on a worker,
+    out of memory: retried on the next run). ``values``: ``{canonical feature name: float}`` in
+    the order of the view's schema when ``ok``, else None. ``reason``: why it failed, naming the
+    view and the study version, or None. ``seconds``: time spent on this ROI in the task.
+    """
+
+    status: LineageStatus
+    values: dict[str, float] | None
+    reason: str | None
+    seconds: float
+
 
 # The one piece of module state: ResNet34 per worker process, keyed by (weights spec, device).
 # Why: reading and hashing 87 MB of weights (or seeding a random init) takes about as long as a
@@ -61,25 +78,12 @@ def load_scan(images_root: str, zarr_path: str,
 
 
 def to_sitk(array: np.ndarray, geometry: Mapping[str, Any]) -> sitk.Image:
-    """A (z, y, x) array on the grid described by the store's ``geometry`` attrs (x, y, z order).
-
-    PyRadiomics measures shape in mm and filters in physical units, so the grid must be the real one.
-    """
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
-    size = [int(v) for v in geometry["size"]]
-    if list(image.GetSize()) != size:
-        raise ValueError(
-            f"array of shape (z, y, x) {tuple(array.shape)} does not fit the geometry size "
-            f"(x, y, z) {tuple(size)}"
-        )
-    image.SetSpacing([float(v) for v in geometry["spacing"]])
-    image.SetOrigin([float(v) for v in geometry["origin"]])
-    image.SetDirection([float(v) for v in geometry["direction"]])
-    return image
+    """A (z, y, x) array on the grid of the store's ``geometry`` attrs (see :mod:`atrx.geometry`)."""
+    return image_on_grid(array, geometry)
 
 
 def radiomics_task(images_root: str, zarr_path: str, roi: str, sequence: str,
-                   params: Mapping[str, Any]) -> dict[str, Any]:
+                   params: Mapping[str, Any]) -> TaskResult:
     """PyRadiomics features of one ROI x sequence of one study version; never raises for bad data."""
     t0 = time.perf_counter()
     view = view_name("rad", roi, sequence)
@@ -92,6 +96,8 @@ def radiomics_task(images_root: str, zarr_path: str, roi: str, sequence: str,
     except FeatureError as e:
         return _result("failed", None, f"{view} of {zarr_path}: {e}", t0)
     except Exception as e:  # noqa: BLE001 - the task boundary: report, let the driver record it
+        if debug_enabled():  # ATRX_DEBUG=1: the raw error, with its traceback
+            raise
         return _result("error", None, f"{view} of {zarr_path}: {type(e).__name__}: {e}", t0)
     return _result("ok", values, None, t0)
 
@@ -108,14 +114,14 @@ def cached_model(weights_spec: str, device: str) -> tuple[Any, str]:
 
 
 def deep_batch_task(items: Sequence[DeepItem], weights_spec: str, device: str,
-                    expected_weights_id: str | None = None) -> list[dict[str, Any]]:
+                    expected_weights_id: str | None = None) -> list[TaskResult]:
     """Deep features of many ROIs in one forward pass; one result per item, in item order.
 
     Each study version is read once per task even when several of its ROIs are in the batch.
     ``expected_weights_id`` (the driver's) guards against a worker holding other weights.
     """
     t0 = time.perf_counter()
-    results: list[dict[str, Any] | None] = [None] * len(items)
+    results: list[TaskResult | None] = [None] * len(items)
     try:
         model, weights_id = cached_model(weights_spec, device)
         if expected_weights_id is not None and weights_id != expected_weights_id:
@@ -124,6 +130,8 @@ def deep_batch_task(items: Sequence[DeepItem], weights_spec: str, device: str,
                 f"driver's have {expected_weights_id[:16]}...; give every worker the same file"
             )
     except Exception as e:  # noqa: BLE001 - the task boundary
+        if debug_enabled():  # ATRX_DEBUG=1: the raw error, with its traceback
+            raise
         reason = f"cannot load ResNet34 weights {weights_spec!r} on {device}: {type(e).__name__}: {e}"
         return [_result("error", None, f"{_deep_what(it)}: {reason}", t0) for it in items]
 
@@ -140,6 +148,8 @@ def deep_batch_task(items: Sequence[DeepItem], weights_spec: str, device: str,
         except FeatureError as e:
             results[i] = _result("failed", None, str(e), t_item)
         except Exception as e:  # noqa: BLE001 - the task boundary
+            if debug_enabled():  # ATRX_DEBUG=1: the raw error, with its traceback
+                raise
             results[i] = _result("error", None, f"{what}: {type(e).__name__}: {e}", t_item)
 
     if crops:
@@ -147,6 +157,8 @@ def deep_batch_task(items: Sequence[DeepItem], weights_spec: str, device: str,
         try:
             out = deep_features(model, crops, device=device, batch_size=len(crops))
         except Exception as e:  # noqa: BLE001 - e.g. CUDA out of memory: the whole batch is retried later
+            if debug_enabled():  # ATRX_DEBUG=1: the raw error, with its traceback
+                raise
             for i in crop_index:
                 results[i] = _result("error", None, f"{_deep_what(items[i])}: forward pass failed: "
                                      f"{type(e).__name__}: {e}", t_fwd)
@@ -155,10 +167,8 @@ def deep_batch_task(items: Sequence[DeepItem], weights_spec: str, device: str,
             for row, i in zip(out, crop_index, strict=True):
                 _, _, roi, sequence = items[i]
                 names = deep_feature_names(roi, sequence)
-                res = _result("ok", dict(zip(names, row.astype(np.float64).tolist(), strict=True)),
-                              None, t0)
-                res["seconds"] = share
-                results[i] = res
+                values = dict(zip(names, row.astype(np.float64).tolist(), strict=True))
+                results[i] = TaskResult("ok", values, None, share)
     missing = [i for i, r in enumerate(results) if r is None]
     if missing:  # unreachable: every item is decided above; never return misaligned results
         raise RuntimeError(f"deep_batch_task left items {missing} without a result")
@@ -185,7 +195,7 @@ def _deep_what(item: DeepItem) -> str:
     return f"{view_name('dl', roi, sequence)} of {zarr_path}"
 
 
-def _result(status: str, values: dict[str, float] | None, reason: str | None,
-            t0: float) -> dict[str, Any]:
-    return {"status": status, "values": values, "reason": reason,
-            "seconds": time.perf_counter() - t0}
+def _result(status: LineageStatus, values: dict[str, float] | None, reason: str | None,
+            t0: float) -> TaskResult:
+    return TaskResult(status, values, reason, time.perf_counter() - t0)
+

@@ -19,6 +19,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any, Final
 
+from atrx.versions import FEATURES_LIBRARIES, library_versions
 from features.radiomics import params_hash
 
 #: how a stored study version becomes PyRadiomics input (see features.tasks.radiomics_task)
@@ -38,6 +39,20 @@ def pyradiomics_version() -> str:
     import radiomics
 
     return str(radiomics.__version__)
+
+
+def features_library_versions() -> dict[str, str]:
+    """Versions of the libraries that make the numbers: recorded in lineage and runs, and run on
+    every worker so a worker with other versions is refused.
+
+    ``pyradiomics`` is the release PyRadiomics reports itself (``v3.0.1``; its package metadata says
+    ``3.0.1``), the value this key always had; ``torch`` keeps its build label (``2.14.1+cu130``,
+    not the metadata's ``2.14.1``), so a worker with a CPU build is told apart from a CUDA build.
+    """
+    import torch
+
+    return {**library_versions(FEATURES_LIBRARIES), "pyradiomics": pyradiomics_version(),
+            "torch": str(torch.__version__)}
 
 
 def radiomics_params_hash(params: Mapping[str, Any]) -> str:

@@ -12,11 +12,16 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
 from atrx.config.center import ClinicalSheet
+from atrx.errors import InputError
+
+Sex = Literal["male", "female"]
+WhoGrade = Literal[3, 4]
+AtrxStatus = Literal["mutant", "wildtype"]
 
 CANONICAL = {
     "sex": {"male": "male", "female": "female"},
@@ -31,10 +36,10 @@ class ClinicalRecord:
 
     raw_id: str
     age: float
-    sex: str
-    who_grade: int
+    sex: Sex
+    who_grade: WhoGrade
     vasari_score: float
-    atrx_status: str
+    atrx_status: AtrxStatus
     pathology_date: dt.date
     scan_date: dt.date | None
     row_hash: str
@@ -42,6 +47,8 @@ class ClinicalRecord:
 
 @dataclass(frozen=True)
 class ClinicalProblem:
+    """One bad cell (or row): where it is, what is wrong, how to fix it."""
+
     raw_id: str | None
     row: int  # 1-based data row as a spreadsheet user counts it (header = row 1)
     column: str
@@ -51,6 +58,8 @@ class ClinicalProblem:
 
 @dataclass
 class ClinicalSheetResult:
+    """The usable records by raw id, every problem, and the rows that could not be used."""
+
     records: dict[str, ClinicalRecord] = field(default_factory=dict)
     problems: list[ClinicalProblem] = field(default_factory=list)
     #: raw ids whose rows could not be used (bad cell or duplicate)
@@ -58,7 +67,7 @@ class ClinicalSheetResult:
     n_rows: int = 0
 
 
-class ClinicalSheetError(ValueError):
+class ClinicalSheetError(InputError):
     """The sheet as a whole cannot be read (missing file, wrong delimiter, missing column)."""
 
 
@@ -76,7 +85,8 @@ def _is_blank(value: Any) -> bool:
 def read_sheet(path: Path, sheet: ClinicalSheet) -> pd.DataFrame:
     """The raw sheet as strings/numbers, every column kept; errors name the file and the fix."""
     if not path.is_file():
-        raise ClinicalSheetError(f"clinical sheet {path} not found; set clinical.path (relative to source)")
+        raise ClinicalSheetError(f"clinical sheet {path} not found",
+                                 fix="set clinical.path (relative to source) in the center file")
     fmt = sheet.format
     if fmt == "auto":
         fmt = "xlsx" if path.suffix.lower() in (".xlsx", ".xlsm") else "csv"
@@ -90,8 +100,8 @@ def read_sheet(path: Path, sheet: ClinicalSheet) -> pd.DataFrame:
             )
     except (ValueError, OSError, UnicodeDecodeError, pd.errors.ParserError) as e:
         raise ClinicalSheetError(
-            f"clinical sheet {path} could not be read as {fmt} ({e}); check clinical.format, "
-            "clinical.delimiter, clinical.encoding or clinical.sheet"
+            f"clinical sheet {path} could not be read as {fmt} ({e})",
+            fix="check clinical.format, clinical.delimiter, clinical.encoding or clinical.sheet",
         ) from e
     frame.columns = [str(c).strip() for c in frame.columns]
     missing = [f"{ours} -> {theirs!r}" for ours, theirs in sheet.columns.items() if theirs not in frame.columns]
@@ -101,7 +111,8 @@ def read_sheet(path: Path, sheet: ClinicalSheet) -> pd.DataFrame:
             hint = f" (the sheet has one column only: is the delimiter {sheet.delimiter!r} right?)"
         raise ClinicalSheetError(
             f"clinical sheet {path} lacks mapped columns {missing}; its columns are "
-            f"{list(frame.columns)}{hint}; fix clinical.columns"
+            f"{list(frame.columns)}{hint}",
+            fix="map each of our columns to the sheet's name under clinical.columns",
         )
     return frame
 

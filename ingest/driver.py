@@ -14,41 +14,49 @@ from typing import Any
 
 from distributed import as_completed
 
-from atrx.catalog import Catalog
+from atrx.catalog import Catalog, RunStatus
 from atrx.cluster import dask_client
 from atrx.config.center import CenterConfig
+from atrx.errors import debug_enabled
 from atrx.workspace import Workspace
 from ingest.deid import pseudonymise_patient, redact_text
 from ingest.discover import CenterPlan, PatientPlan, plan_center
 from ingest.patient import (
     KnownScan,
     StudyOutcome,
+    StudyStatus,
     ingest_patient,
-    library_versions,
+    ingest_versions,
     redacted_folder,
 )
 from ingest.preprocess import PREPROCESS_VERSION, PreprocessParams
 
+#: ``progress(done, total, patient_id)`` after each patient
 ProgressFn = Callable[[int, int, str], None]
 
 
 @dataclass
 class IngestSummary:
+    """One center's ingest run: counts by study status, the quarantine, the time taken."""
+
     run_id: str
     center: str
     patients_planned: int
-    studies: Counter[str] = field(default_factory=Counter)
+    studies: Counter[StudyStatus] = field(default_factory=Counter)
     patients_quarantined: int = 0
     clinical_changed: int = 0
     seconds: float = 0.0
+    #: the run's quarantine rows as :meth:`atrx.catalog.Catalog.quarantined` returns them
     quarantined: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def patients_per_minute(self) -> float:
+        """Studies ingested or recovered per minute of the run."""
         done = self.studies["ingested"] + self.studies["recovered"]
         return 60.0 * done / self.seconds if self.seconds > 0 else 0.0
 
     def rows(self) -> list[tuple[str, str]]:
+        """(label, value) rows of the printed summary."""
         return [
             ("center", self.center), ("run", self.run_id), ("patients found", str(self.patients_planned)),
             ("studies ingested", str(self.studies["ingested"])),
@@ -105,15 +113,16 @@ def run_ingest(cfg: CenterConfig, ws: Workspace, scheduler: str | None = None, w
     plan = plan_center(cfg, key)
     ready = [pp for pp in plan.patients if pp.ok]
     with Catalog(ws.catalog) as cat:
-        run_id = cat.start_run("ingest", cfg.center, cfg.digest(), params.digest(), library_versions())
+        run_id = cat.start_run("ingest", cfg.center, cfg.digest(), params.digest(), ingest_versions())
         summary = IngestSummary(run_id, cfg.center, len(plan.patients))
         summary.patients_quarantined = _record_plan_problems(cat, run_id, plan, key)
         summary.clinical_changed = cat.upsert_clinical(cfg.center, run_id, _clinical_rows(plan.patients))
         known = {sid: KnownScan(v, h) for sid, (v, h) in cat.latest_scans(cfg.center).items()}
-        status = "ok"
+        status: RunStatus = "ok"
         try:
             if ready:
-                _run_tasks(cat, run_id, cfg, ws, params, ready, known, summary, scheduler, workers, progress)
+                run = _Run(cat, run_id, cfg, params, summary)
+                _run_tasks(run, ws.images, ready, known, scheduler, workers, progress)
         except BaseException:
             status = "interrupted"
             raise
@@ -126,15 +135,26 @@ def run_ingest(cfg: CenterConfig, ws: Workspace, scheduler: str | None = None, w
     return summary
 
 
-def _run_tasks(cat: Catalog, run_id: str, cfg: CenterConfig, ws: Workspace, params: PreprocessParams,
-               ready: list[PatientPlan], known: dict[str, KnownScan], summary: IngestSummary,
+@dataclass(frozen=True)
+class _Run:
+    """What recording one patient's outcomes needs: the catalog, the run and its summary."""
+
+    cat: Catalog
+    run_id: str
+    cfg: CenterConfig
+    params: PreprocessParams
+    summary: IngestSummary
+
+
+def _run_tasks(run: _Run, images_root: str, ready: list[PatientPlan], known: dict[str, KnownScan],
                scheduler: str | None, workers: int | None, progress: ProgressFn | None) -> None:
+    """One Dask task per patient; each patient's outcomes are recorded as soon as they arrive."""
     with dask_client(scheduler, workers) as client:
         futures = {}
         for pp in ready:
             subset = {s.study_id: known[s.study_id] for s in pp.studies if s.study_id in known}
-            fut = client.submit(ingest_patient, pp, cfg, ws.images, params, subset,
-                                key=f"ingest-{pp.patient_id}-{run_id}", pure=False, retries=1)
+            fut = client.submit(ingest_patient, pp, run.cfg, images_root, run.params, subset,
+                                key=f"ingest-{pp.patient_id}-{run.run_id}", pure=False, retries=1)
             futures[fut] = pp
         done = 0
         for fut in as_completed(futures):
@@ -142,21 +162,29 @@ def _run_tasks(cat: Catalog, run_id: str, cfg: CenterConfig, ws: Workspace, para
             try:
                 outcomes: list[StudyOutcome] = fut.result()
             except Exception as e:  # a worker died twice on this patient (memory, segfault in a library)
+                if debug_enabled():  # ATRX_DEBUG=1: the raw error, with its traceback
+                    raise
                 outcomes = [StudyOutcome(pp.patient_id, s.study_id, "quarantined", stage="worker",
                                          reason=redact_text(f"the worker failed: {type(e).__name__}: {e}"[:300],
                                                             pp.raw_id, pp.patient_id),
                                          fix="re-run the ingest; if it repeats, check the worker logs")
                             for s in pp.studies]
-            patient_bad = False
-            for o in outcomes:
-                summary.studies[o.status] += 1
-                if o.status == "quarantined":
-                    patient_bad = True
-                    cat.quarantine(run_id, cfg.center, o.patient_id, o.study_id, o.stage or "ingest",
-                                   o.reason or "", o.fix, o.file)
-                elif o.status in ("ingested", "recovered"):
-                    cat.record_scan(cfg.center, run_id, o.as_dict(), params.digest(), PREPROCESS_VERSION)
-            summary.patients_quarantined += int(patient_bad)
+            _record_outcomes(run, outcomes)
             done += 1
             if progress:
                 progress(done, len(futures), pp.patient_id)
+
+
+def _record_outcomes(run: _Run, outcomes: list[StudyOutcome]) -> None:
+    """Count one patient's outcomes, quarantine the failed studies and record the written ones."""
+    patient_bad = False
+    for o in outcomes:
+        run.summary.studies[o.status] += 1
+        if o.status == "quarantined":
+            patient_bad = True
+            run.cat.quarantine(run.run_id, run.cfg.center, o.patient_id, o.study_id, o.stage or "ingest",
+                               o.reason or "", o.fix, o.file)
+        elif o.status in ("ingested", "recovered"):
+            run.cat.record_scan(run.cfg.center, run.run_id, o.as_dict(), run.params.digest(),
+                                PREPROCESS_VERSION)
+    run.summary.patients_quarantined += int(patient_bad)

@@ -12,11 +12,18 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from atrx.errors import DataError
 from ingest.discover import SourceRef
 
+_REEXPORT = "re-export the file; it could not be read"
 
-class ReadError(RuntimeError):
-    """An input could not be read; the message says which and why."""
+
+class ReadError(DataError, RuntimeError):
+    """An input could not be read; the message says which and why.
+
+    A verdict on the data (the study is quarantined, the run goes on); still a ``RuntimeError``
+    for callers that caught it as one.
+    """
 
 
 def read_image(ref: SourceRef) -> sitk.Image:
@@ -30,7 +37,8 @@ def read_image(ref: SourceRef) -> sitk.Image:
             if len(ordered) != len(wanted):
                 raise ReadError(
                     f"GDCM ordered {len(ordered)} of the {len(wanted)} files of series {ref.label!r}; "
-                    "some files are unreadable"
+                    "some files are unreadable",
+                    fix="re-export the series; some of its files could not be read",
                 )
             reader = sitk.ImageSeriesReader()
             reader.SetFileNames(ordered)
@@ -43,11 +51,13 @@ def read_image(ref: SourceRef) -> sitk.Image:
         if isinstance(e, ReadError):
             raise
         first = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
-        raise ReadError(f"cannot read {ref.label!r}: {first}") from e
+        raise ReadError(f"cannot read {ref.label!r}: {first}", fix=_REEXPORT) from e
     if image.GetDimension() != 3:
-        raise ReadError(f"{ref.label!r} is {image.GetDimension()}D; a 3D volume is expected")
+        raise ReadError(f"{ref.label!r} is {image.GetDimension()}D; a 3D volume is expected",
+                        fix="re-export it as one 3-D volume")
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise ReadError(f"{ref.label!r} has {image.GetNumberOfComponentsPerPixel()} components; one is expected")
+        raise ReadError(f"{ref.label!r} has {image.GetNumberOfComponentsPerPixel()} components; one is expected",
+                        fix="re-export it as one grey-scale volume")
     return sitk.Cast(image, sitk.sitkFloat32)
 
 
@@ -56,7 +66,8 @@ def read_mask(ref: SourceRef, labels: list[int]) -> sitk.Image:
     try:
         image = sitk.ReadImage(ref.files[0])
     except RuntimeError as e:
-        raise ReadError(f"cannot read mask {ref.label!r}: {str(e).strip().splitlines()[-1][:200]}") from e
+        raise ReadError(f"cannot read mask {ref.label!r}: {str(e).strip().splitlines()[-1][:200]}",
+                        fix="re-export the mask as NIfTI or NRRD") from e
     values = sitk.GetArrayViewFromImage(image)
     binary = sitk.GetImageFromArray(np.isin(values, labels).astype(np.uint8))
     binary.CopyInformation(image)

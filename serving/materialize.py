@@ -17,16 +17,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from atrx.workspace import Workspace
-from serving.predictor import (
-    FEAST_CONFIG_ENV,
-    ServingSetupError,
-    feature_views_of,
-    needed_versions,
-    open_feature_store,
-    production_record,
-    require_versions,
-    store_versions,
-)
+from serving.errors import ServingSetupError
+from serving.model import feature_views_of, needed_versions, production_record
+from serving.online import FEAST_CONFIG_ENV, open_feature_store, require_versions, store_versions
 
 
 @dataclass
@@ -66,9 +59,9 @@ def run_materialize(
     """Materialize the production model's views into the online store (SQLite by default).
 
     Incremental from each view's previous run (``full=True`` reloads from 1970, needed after
-    re-extracting old scans). Raises :class:`serving.predictor.ServingSetupError` (a
-    ``ValueError``) when there is no production model ("run `atrx train` / `atrx retrain`
-    first") or a needed view is unregistered or registered with another feature version.
+    re-extracting old scans). Raises :class:`serving.errors.ServingSetupError` (a ``ValueError``,
+    exit code 2) when there is no production model ("run `atrx train` / `atrx retrain` first")
+    or a needed view is unregistered or registered with another feature version.
     With ``$ATRX_FEAST_CONFIG`` set (a production ``feature_store.yaml``, e.g. Redis), that
     store is loaded instead of the workspace's SQLite.
     """

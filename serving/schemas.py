@@ -17,6 +17,8 @@ from bentoml import IODescriptor
 from bentoml.exceptions import UnprocessableEntity
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from atrx.errors import InputError
+
 if TYPE_CHECKING:
     from starlette.requests import Request
 
@@ -31,7 +33,7 @@ PatientId = Annotated[
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 
-class InvalidPayload(UnprocessableEntity):
+class InvalidPayload(UnprocessableEntity, InputError):
     """HTTP 422: the body is not JSON or does not match the request model; names the fields."""
 
 

@@ -24,24 +24,28 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final
 
+from atrx.errors import ServiceError
 from atrx.workspace import Workspace
 
 ROOT: Final[Path] = Path(__file__).resolve().parents[1]
 SERVICE: Final[str] = "serving.service:ATRXService"
 READY_PATH: Final[str] = "/readyz"
+#: the API key the server requires (and ``predict_http`` sends) when set
+API_KEY_ENV: Final[str] = "ATRX_API_KEY"
 
 
-class ServerStartError(RuntimeError):
+class ServerStartError(ServiceError):
     """The server process exited or never became ready; carries the tail of its log."""
 
 
-class ServingHTTPError(RuntimeError):
-    """A non-2xx answer of the prediction server, with its status and message."""
+class ServingHTTPError(ServiceError):
+    """A non-2xx answer of the prediction server: ``status`` and the server's ``detail``."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, detail: str) -> None:
         self.status = status
-        self.message = message
-        super().__init__(f"HTTP {status}: {message}")
+        self.detail = detail
+        fix = f"set {API_KEY_ENV} to the server's key" if status == 401 else None
+        super().__init__(f"HTTP {status}: {detail}", fix=fix)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -65,7 +69,7 @@ def server_env(
         }
     )
     if api_key is not None:
-        env["ATRX_API_KEY"] = api_key
+        env[API_KEY_ENV] = api_key
     env.update(extra or {})
     return env
 
@@ -137,16 +141,11 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 def preflight(ws: Workspace) -> str:
     """What the service checks at start, in this process: returns the tag it would serve.
 
-    Raises :class:`serving.predictor.ServingSetupError` when there is no production model or the
+    Raises :class:`serving.errors.ServingSetupError` when there is no production model or the
     registered feature versions differ from the model's.
     """
-    from serving.predictor import (
-        needed_versions,
-        open_feature_store,
-        production_record,
-        require_versions,
-        store_versions,
-    )
+    from serving.model import needed_versions, production_record
+    from serving.online import open_feature_store, require_versions, store_versions
 
     record = production_record(ws)
     expected = needed_versions(record.metadata, record.metadata.get("required_features") or [])
@@ -233,7 +232,7 @@ def error_message(response: Any) -> str:
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
-    key = api_key if api_key is not None else os.environ.get("ATRX_API_KEY")
+    key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
     return {"X-API-Key": key} if key else {}
 
 
@@ -241,14 +240,20 @@ def post_json(
     url: str, route: str, payload: Mapping[str, Any], api_key: str | None = None,
     timeout: float = 30.0, client: Any = None,
 ) -> dict[str, Any]:
-    """POST ``payload`` to ``url + route``; the JSON answer, or :class:`ServingHTTPError`."""
+    """POST ``payload`` to ``url + route``; the JSON answer.
+
+    Raises :class:`ServingHTTPError` for a non-2xx answer and :class:`atrx.errors.ServiceError`
+    when no server answers at ``url`` (refused, unreachable, timed out).
+    """
     import httpx
 
     target = f"{url.rstrip('/')}{route}"
-    if client is None:
-        r = httpx.post(target, json=dict(payload), headers=_headers(api_key), timeout=timeout)
-    else:
-        r = client.post(target, json=dict(payload), headers=_headers(api_key), timeout=timeout)
+    post = httpx.post if client is None else client.post
+    try:
+        r = post(target, json=dict(payload), headers=_headers(api_key), timeout=timeout)
+    except httpx.TransportError as exc:
+        raise ServiceError(f"cannot reach {url} ({str(exc) or type(exc).__name__})",
+                           fix="start it with `atrx serve`") from exc
     if r.status_code >= 400:
         raise ServingHTTPError(r.status_code, error_message(r))
     return dict(r.json())

@@ -26,6 +26,7 @@ from typing import Any, Final
 import bentoml
 from bentoml.exceptions import BentoMLException
 
+from atrx.errors import debug_enabled
 from atrx.workspace import Workspace
 from serving.predictor import FusionPredictor
 from serving.schemas import (
@@ -36,8 +37,8 @@ from serving.schemas import (
     Prediction,
     PredictRequest,
 )
+from serving.server import API_KEY_ENV
 
-API_KEY_ENV: Final[str] = "ATRX_API_KEY"
 API_KEY_HEADER: Final[str] = "x-api-key"
 #: probes and metrics stay open so Kubernetes and Prometheus need no key
 OPEN_PATHS: Final[frozenset[str]] = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
@@ -147,7 +148,7 @@ class ATRXService:
         try:
             self.predictor = FusionPredictor.load(Workspace.at(None))
         except Exception as exc:  # any load failure is fatal: never loop on respawns
-            log.critical("%s: %s", type(exc).__name__, exc)
+            log.critical("%s: %s", type(exc).__name__, exc, exc_info=debug_enabled())
             _stop_bentoml_server()
             raise
         log.info("serving %s (features %s)", self.predictor.served.tag,

@@ -16,17 +16,24 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from atrx.errors import DataError, ExitCode, InputError, NotFoundError
 from atrx.workspace import Workspace
 from feature_repo import offline as off
 from feature_repo import store
 from feature_repo.definitions import build_feature_views, patient_entity
+from feature_repo.errors import FeatureViewError, NoPartsError
 from feature_repo.layout import (
     ALL_VIEWS,
     CLINICAL,
+    CLINICAL_FEATURES,
     IMAGING_VIEWS,
+    LABEL_FEATURES,
     LABELS,
     available_versions,
-    default_feature_names,
+    check_version,
+    check_view,
+    feature_names,
+    imaging_spec,
     part_files,
 )
 from feature_repo.offline import (
@@ -46,6 +53,19 @@ PIT_FEATURE = "rad_tumor_t1c__original__firstorder__mean"
 
 def ts(day: str) -> pd.Timestamp:
     return pd.Timestamp(day, tz="UTC")
+
+
+def extractor_feature_names(view: str) -> list[str]:
+    """A view's full feature names, from the extractors' own name functions (the test may import
+    torch and pyradiomics; the Feast layer reads the names from the Parquet schema instead)."""
+    from features.deep import deep_feature_names
+    from features.radiomics import radiomics_feature_names
+
+    spec = imaging_spec(view)
+    if spec is None:
+        return list(CLINICAL_FEATURES if view == CLINICAL else LABEL_FEATURES)
+    kind, roi, sequence = spec
+    return radiomics_feature_names(roi, sequence) if kind == "rad" else deep_feature_names(roi, sequence)
 
 
 def imaging_frame(view: str, rows: list[tuple], names: list[str]) -> pd.DataFrame:
@@ -184,14 +204,16 @@ def test_only_applied_version_is_read_and_reapply_switches(tmp_path: Path) -> No
 def test_full_default_definitions_are_generated_and_apply(tmp_path: Path) -> None:
     ws = Workspace.at(tmp_path)
     versions = {view: "w1" for view in IMAGING_VIEWS} | {CLINICAL: "v1", LABELS: "v1"}
-    views = build_feature_views(ws, versions)
+    # no files yet: the imaging names come from the extractors; clinical and labels are fixed
+    names = {view: extractor_feature_names(view) for view in IMAGING_VIEWS}
+    views = build_feature_views(ws, versions, names)
     assert [fv.name for fv in views] == list(ALL_VIEWS)
     counts = {fv.name: len(fv.features) for fv in views}
     assert {counts[v] for v in IMAGING_VIEWS if v.startswith("rad_")} == {1130}
     assert {counts[v] for v in IMAGING_VIEWS if v.startswith("dl_")} == {1000}
     assert (counts[CLINICAL], counts[LABELS]) == (4, 2)
     for fv in views:
-        assert [f.name for f in fv.features] == default_feature_names(fv.name)
+        assert [f.name for f in fv.features] == extractor_feature_names(fv.name)
         assert fv.tags["feature_version"] == versions[fv.name]
         assert str(ws.offline) in fv.batch_source.path
     tumor = next(fv for fv in views if fv.name == "rad_tumor_t2f")
@@ -211,13 +233,14 @@ def test_full_default_definitions_are_generated_and_apply(tmp_path: Path) -> Non
 
     export_tabular(ws, ["A-000000000001"], [LABEL_DAY])
     for view in IMAGING_VIEWS:
-        names = default_feature_names(view)
         write_offline(
             ws,
             view,
             "w1",
-            imaging_frame(view, [("A-000000000001", "2021-01-01", CREATED, 0.5)], names),
+            imaging_frame(view, [("A-000000000001", "2021-01-01", CREATED, 0.5)], names[view]),
         )
+        # with files, the Feast layer reads the names from the Parquet schema
+        assert feature_names(ws, view, "w1") == names[view]
     assert store.apply(ws, versions) == list(ALL_VIEWS)
     assert store.registered_versions(ws) == versions
     registered = {fv.name: len(fv.features) for fv in store.open_store(ws).list_feature_views()}
@@ -242,6 +265,27 @@ def test_apply_refuses_a_folder_without_the_registered_features(tmp_path: Path) 
         )
 
 
+def test_user_errors_are_atrx_errors_with_a_fix(tmp_path: Path) -> None:
+    """Unknown views, bad versions and empty folders are the family's input / not-found errors,
+    and still the builtins they used to be."""
+    ws = Workspace.at(tmp_path)
+    with pytest.raises(FeatureViewError, match="unknown feature view 'rad_tumour_t1c'") as view:
+        check_view("rad_tumour_t1c")
+    with pytest.raises(FeatureViewError, match="bad feature_version") as version:
+        check_version("../w1")
+    for info in (view, version):
+        assert isinstance(info.value, InputError) and isinstance(info.value, ValueError)
+        assert info.value.exit_code == ExitCode.BAD_INPUT and info.value.fix
+    with pytest.raises(NoPartsError, match=PIT_VIEW) as empty:
+        feature_names(ws, PIT_VIEW, "w1")
+    assert isinstance(empty.value, NotFoundError) and isinstance(empty.value, FileNotFoundError)
+    assert "atrx features" in empty.value.fix
+    with pytest.raises(NoPartsError):
+        read_offline(ws, PIT_VIEW, "w1")
+    assert issubclass(OfflineSchemaError, DataError) and issubclass(OfflineSchemaError, ValueError)
+    assert OfflineSchemaError("x").exit_code == ExitCode.BAD_INPUT
+
+
 # --------------------------------------------------------------------------- all views
 
 N_FEATURES = 3
@@ -249,7 +293,7 @@ N_FEATURES = 3
 
 def small_names(view: str) -> list[str]:
     if view in (CLINICAL, LABELS):
-        return default_feature_names(view)
+        return extractor_feature_names(view)
     return [f"{view}__x{i}" for i in range(N_FEATURES)]
 
 
@@ -438,3 +482,19 @@ def test_feast_cli_apply_is_stopped_before_it_deletes_views(
     monkeypatch.chdir(REPO_ROOT)
     with pytest.raises(RuntimeError, match="python -m feature_repo"):
         parse_repo(REPO_ROOT / "feature_repo")
+
+
+def test_python_m_feature_repo_prints_error_and_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from feature_repo.__main__ import main
+
+    monkeypatch.delenv("ATRX_DEBUG", raising=False)
+    argv = ["--home", str(tmp_path), "apply", "--version", "rad_tumour_t1c=v1"]
+    assert main(argv) == ExitCode.BAD_INPUT
+    err = capsys.readouterr().err
+    assert "error: unknown feature view 'rad_tumour_t1c'" in err and "fix: " in err
+    monkeypatch.setenv("ATRX_DEBUG", "1")
+    with pytest.raises(FeatureViewError):
+        main(argv)
+    assert main(["--home", str(tmp_path), "apply"]) == 0

@@ -146,14 +146,14 @@ def test_radiomics_task_reports_a_bad_roi_instead_of_raising(tmp_path) -> None:
     root, path = str(tmp_path / "images.zarr"), version_path(CENTER, "A-x", "S-x", 1)
     write_version(root, path, study_arrays(0, edema=False), {"geometry": GEOMETRY})
     empty = radiomics_task(root, path, "edema", "t1c", reduced_params())
-    assert empty["status"] == "failed" and empty["values"] is None
-    assert "rad_edema_t1c" in empty["reason"] and "empty mask" in empty["reason"]
+    assert empty.status == "failed" and empty.values is None
+    assert "rad_edema_t1c" in empty.reason and "empty mask" in empty.reason
     missing = radiomics_task(root, "c1/A-x/S-x/v9", "tumor", "t1c", reduced_params())
-    assert missing["status"] == "error" and "v9" in missing["reason"]
+    assert missing.status == "error" and "v9" in missing.reason
     ok = radiomics_task(root, path, "tumor", "t2f", reduced_params())
-    assert ok["status"] == "ok" and len(ok["values"]) == feature_count(reduced_params())
+    assert ok.status == "ok" and len(ok.values) == feature_count(reduced_params())
     # the grid comes from the geometry attrs: the volume is measured in mm
-    assert ok["values"]["rad_tumor_t2f__original__shape__voxelvolume"] == float((study_arrays(0, False)["tumor"]).sum())
+    assert ok.values["rad_tumor_t2f__original__shape__voxelvolume"] == float((study_arrays(0, False)["tumor"]).sum())
 
 
 # one run --------------------------------------------------------------------------------------
@@ -365,7 +365,7 @@ def test_missing_imagenet_weights_fail_before_any_work(tmp_path, monkeypatch) ->
     def no_cluster(*args, **kwargs):
         raise AssertionError("a cluster was started before the weights were checked")
 
-    monkeypatch.setattr("features.job.dask_client", no_cluster)
+    monkeypatch.setattr("features.compute.dask_client", no_cluster)
     ws = Workspace.at(tmp_path / "home")
     with pytest.raises(WeightsNotFoundError, match="ImageNet ResNet34 weights not found") as info:
         run_features(ws, weights="imagenet")

@@ -6,6 +6,7 @@ stand-in ``atrx`` for each exit code of ``atrx retrain``.
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import stat
@@ -120,7 +121,7 @@ def test_dask_cluster_gpu_workers() -> None:
     assert 8786 in ports
     args = worker["args"]
     assert args[0] == "dask-cuda-worker"
-    assert args[args.index("--resources") + 1] == "GPU=1"  # what features.job asks the CNN for
+    assert args[args.index("--resources") + 1] == "GPU=1"  # what features.compute asks the CNN for
     assert "$(DASK_WORKER_NAME)" in args
     for section in ("limits", "requests"):
         assert int(worker["resources"][section]["nvidia.com/gpu"]) == 1
@@ -307,12 +308,55 @@ def test_bentofile_builds_the_service() -> None:
     assert bentofile["python"]["lock_packages"] is False  # builds offline
     # every module the served model unpickles and the service imports is shipped
     included = {str(p.relative_to(ROOT)) for pat in bentofile["include"] for p in ROOT.glob(pat)}
+    needed = our_imports(["serving.service", *PICKLED_MODEL_MODULES])
     for module in ("serving/service.py", "serving/predictor.py", "training/fusion.py",
-                   "training/registry.py", "feature_repo/store.py", "atrx/workspace.py"):
-        assert module in included
+                   "atrx/registry.py", "feature_repo/store.py", "atrx/workspace.py"):
+        assert module in included and module in needed
+    assert not needed - included, f"add to bentofile.yaml's include: {sorted(needed - included)}"
     module, name = bentofile["service"].split(":")
     service = getattr(__import__(module, fromlist=[name]), name)
     assert {"predict", "predict_batch", "predict_features"} <= set(service.apis)
+
+
+#: modules the registry's pickled model references by import path (its class and what that imports)
+PICKLED_MODEL_MODULES = ("training.fusion",)
+OUR_PACKAGES = ("atrx", "feature_repo", "serving", "training", "ingest", "features")
+
+
+def _module_file(name: str) -> Path | None:
+    path = ROOT.joinpath(*name.split("."))
+    if (path / "__init__.py").is_file():
+        return path / "__init__.py"
+    return path.with_suffix(".py") if path.with_suffix(".py").is_file() else None
+
+
+def our_imports(start: list[str]) -> set[str]:
+    """Files of every module of ours that ``start`` imports, transitively, read from the source:
+    imports inside functions count (they run when a request does), and so do the packages'
+    ``__init__.py``."""
+    seen: set[Path] = set()
+    todo = list(start)
+    while todo:
+        name = todo.pop()
+        file = _module_file(name) if name.split(".")[0] in OUR_PACKAGES else None
+        if file is None or file in seen:
+            continue
+        seen.add(file)
+        parts = name.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]
+        for node in ast.walk(ast.parse(file.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                todo += [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+    return {str(p.relative_to(ROOT)) for p in seen}
+
+
+def test_import_walk_follows_function_level_imports() -> None:
+    needed = our_imports(["serving.server"])  # preflight() imports serving.model and .online
+    assert {"serving/__init__.py", "serving/model.py", "serving/online.py", "atrx/registry.py",
+            "atrx/errors.py", "feature_repo/store.py"} <= needed  # open_feature_store: in a function
+    assert "training/fusion.py" not in needed  # serving imports no stage: the model is unpickled
 
 
 def test_readme_describes_every_file() -> None:

@@ -1,7 +1,7 @@
 """Serving end to end: a REAL ``bentoml serve`` on a free loopback port over a REAL Feast store.
 
 The workspace is built like the pipeline builds it (``write_offline`` + ``export_clinical_and_
-labels`` + ``apply``), the model is trained and registered by ``training.job.run_train`` on a tiny
+labels`` + ``apply``), the model is trained and registered by ``training.run.run_train`` on a tiny
 study and promoted, and ``serving.materialize.run_materialize`` loads the online store. Nothing is
 mocked. The server is started once per module (bounded wait) and always stopped; the test that
 switches a feature version runs last because it changes the shared workspace.
@@ -27,8 +27,9 @@ VIEWS = ("rad_overall_t1c", "rad_overall_t2f")
 N_FEATURES = 6
 CENTERS = {"A": 20, "B": 20, "C": 14}
 CREATED = pd.Timestamp("2024-01-01", tz="UTC")
-NO_IMAGING = "C-noimaging01"  # clinical row and label, no imaging row in any view
-NULL_VASARI = "C-nullvasari1"  # every row present, clinical vasari_score is null
+# pseudonyms (CENTER-12 hex) that sort after the random ones of their center
+NO_IMAGING = "C-ffffffffff01"  # clinical row and label, no imaging row in any view
+NULL_VASARI = "C-ffffffffff02"  # every row present, clinical vasari_score is null
 API_KEY = "test-key-0123456789"
 START_TIMEOUT = 180.0
 TINY_STUDY = """\
@@ -114,7 +115,7 @@ def ws(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     """Workspace with a trained, promoted model and a materialized online store."""
     from atrx import registry
     from serving.materialize import run_materialize
-    from training.job import run_train
+    from training.run import run_train
 
     root = tmp_path_factory.mktemp("serving")
     ws = build_workspace(root / "home")
@@ -193,7 +194,7 @@ def error_of(response: httpx.Response) -> str:
 
 def test_materialize_loads_exactly_the_production_models_views(ws: Workspace, model) -> None:
     from serving.materialize import run_materialize
-    from serving.predictor import feature_views_of
+    from serving.model import feature_views_of
 
     summary = run_materialize(ws)  # incremental: nothing new, still fine
     needed = list(feature_views_of(model.required_features))
@@ -205,8 +206,8 @@ def test_materialize_loads_exactly_the_production_models_views(ws: Workspace, mo
 
 
 def test_materialize_without_production_model_says_what_to_run(tmp_path: Path) -> None:
+    from serving.errors import ServingSetupError
     from serving.materialize import run_materialize
-    from serving.predictor import ServingSetupError
 
     with pytest.raises(ServingSetupError, match=r"atrx train.*atrx retrain"):
         run_materialize(Workspace.at(tmp_path / "empty"))
@@ -218,7 +219,7 @@ def test_materialize_without_production_model_says_what_to_run(tmp_path: Path) -
 def test_predict_matches_in_process(server, ws: Workspace, model, patients, expected) -> None:
     from atrx import registry
     from feature_repo.store import online_features
-    from serving.predictor import feature_views_of
+    from serving.model import feature_views_of
     from serving.server import predict_http
 
     pid = patients[0]
@@ -368,7 +369,8 @@ def test_in_process_predictor_from_a_feature_store_yaml(
 ) -> None:
     """``ATRX_FEAST_CONFIG`` (the production route, e.g. Redis) reads and loads the same rows."""
     from serving.materialize import run_materialize
-    from serving.predictor import FEAST_CONFIG_ENV, FusionPredictor
+    from serving.online import FEAST_CONFIG_ENV
+    from serving.predictor import FusionPredictor
 
     yaml = tmp_path / "feature_store.yaml"
     yaml.write_text(
@@ -400,7 +402,8 @@ def test_stale_version_is_422_and_a_mismatch_refuses_to_start(
 ) -> None:
     from feature_repo.offline import read_offline, write_offline
     from feature_repo.store import apply, materialize
-    from serving.predictor import ServingSetupError, feature_views_of
+    from serving.errors import ServingSetupError
+    from serving.model import feature_views_of
     from serving.server import ServerStartError, free_port, serve
 
     view = next(v for v in feature_views_of(model.required_features) if v != "clinical")

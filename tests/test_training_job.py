@@ -26,9 +26,10 @@ N_FEATURES = 12
 CENTERS = {"A": 38, "B": 50, "C": 26}
 SIGNAL = {"overall": 1.0, "tumor": 0.5, "edema": 0.35}
 CREATED = pd.Timestamp("2024-01-01", tz="UTC")
-NO_DL_TUMOR_T2F = "B-nodltumor"  # has no dl_tumor_t2f row at all
-LATE_SCAN = "A-latescan"  # rad_overall_t1c scanned after the pathology date
-FUTURE = "C-future"  # pathology date long after every as_of the tests use
+# pseudonyms (CENTER-12 hex) that sort after the random ones of their center
+NO_DL_TUMOR_T2F = "B-ffffffffff01"  # has no dl_tumor_t2f row at all
+LATE_SCAN = "A-ffffffffff02"  # rad_overall_t1c scanned after the pathology date
+FUTURE = "C-ffffffffff03"  # pathology date long after every as_of the tests use
 FUTURE_DATE = pd.Timestamp("2030-06-01", tz="UTC")
 # the paper's protocol with a cheaper LASSO search (5 folds x 8 penalties): same code paths
 FAST_STUDY = """\
@@ -152,7 +153,7 @@ def small_protocol(ws: Workspace, small_study: Path):
 
 @pytest.fixture(scope="module")
 def trained(ws: Workspace, tmp_path_factory: pytest.TempPathFactory):
-    from training.job import run_train
+    from training.run import run_train
 
     path = tmp_path_factory.mktemp("study") / "fast.yaml"
     path.write_text(FAST_STUDY)
@@ -212,6 +213,35 @@ def test_entity_frame_keeps_labels_known_at_as_of(ws: Workspace) -> None:
     assert FUTURE not in set(entity_frame(ws, FUTURE_DATE - pd.Timedelta(days=1))["patient_id"])
     early = entity_frame(ws, "2020-01-01")
     assert 0 < len(early) < len(entities)
+
+
+def test_labels_come_only_from_the_feast_labels_view(tmp_path: Path) -> None:
+    """No registered ``labels`` view: bad input naming the fix, even with labels in the catalog."""
+    from atrx.errors import DataError, ExitCode
+    from training.dataset import TrainingDataError, entity_frame
+
+    ws = Workspace.at(tmp_path / "no_views")
+    ws.ensure()
+    with Catalog(ws.catalog) as cat:  # a catalog holding labels is not a second source
+        cat.upsert_clinical("A", "run-x", [{
+            "patient_id": "A-3f2a9c1b0d4e", "age": 50.0, "sex": "female", "who_grade": 4,
+            "vasari_score": 70.0, "row_hash": "h", "atrx_status": "mutant",
+            "pathology_date": pd.Timestamp("2020-01-01").date(),
+        }])
+    with pytest.raises(TrainingDataError, match="'labels' view is not registered") as err:
+        entity_frame(ws, "2025-01-01")
+    assert isinstance(err.value, DataError) and err.value.exit_code == ExitCode.BAD_INPUT
+    assert "atrx features" in err.value.fix
+
+
+def test_center_comes_from_the_pseudonym() -> None:
+    from atrx.errors import InputError
+    from training.dataset import center_of
+
+    assert center_of("A-3f2a9c1b0d4e") == "A" and center_of("C_2-000000000000") == "C_2"
+    for bad in ("A-latescan", "A3f2a9c1b0d4e", "-3f2a9c1b0d4e"):
+        with pytest.raises(InputError):
+            center_of(bad)
 
 
 def test_training_frame_counts_dropped_rows(ws: Workspace) -> None:
@@ -308,6 +338,33 @@ def test_train_end_to_end_through_feast(ws: Workspace, trained) -> None:
     assert meta["data_hash"] == s.split["data_hash"] and meta["study_hash"] == s.study_hash
     assert meta["required_features"][-4:] == ["age", "sex", "who_grade", "vasari_score"]
     assert "scikit-learn" in meta["library_versions"]
+
+
+def test_one_run_record_reads_the_same_everywhere(ws: Workspace, trained) -> None:
+    """metrics.json, the registry entry, the catalog row and the summary state the same facts."""
+    from atrx import registry
+    from training.protocol import SETS
+
+    metrics = json.loads(Path(trained.metrics_path).read_text())
+    meta = registry.show(ws, trained.tag).metadata
+    with Catalog(ws.catalog, read_only=True) as cat:
+        (counts,) = cat.query("SELECT counts FROM runs WHERE run_id = ?", [trained.run_id])[0]
+    counts = json.loads(counts)
+    for s in SETS:
+        n = {"n": trained.split[s]["n"], "n_pos": trained.split[s]["n_pos"]}
+        assert {k: metrics["split"][s][k] for k in n} == n
+        assert {k: meta["sets"][s][k] for k in n} == n and counts["sets"][s] == n
+    assert metrics["run_id"] == meta["run_id"] == trained.run_id
+    assert metrics["study_hash"] == meta["study_hash"] == trained.study_hash
+    assert metrics["split"]["data_hash"] == meta["data_hash"] == counts["data_hash"]
+    assert meta["report"] == counts["report"] == trained.report_path
+    assert metrics["best_imaging_model"]["label"] == meta["best_imaging_model"] == \
+        counts["best_imaging_model"] == trained.best_imaging_model
+    assert metrics["library_versions"] == meta["library_versions"]
+    assert metrics["library_versions"]["python"] and "scikit-learn" in metrics["library_versions"]
+    # metrics.json is written before the report: its timings stop at the registration
+    assert list(metrics["timings"]) == ["features", "protocol", "figures", "register"]
+    assert list(trained.timings) == [*metrics["timings"], "report"]
 
 
 def test_served_model_needs_only_its_required_features(ws: Workspace, trained) -> None:
@@ -421,7 +478,7 @@ def test_retrain_promotes_better_and_keeps_production_otherwise(
     tmp_path: Path, small_study: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from atrx import registry
-    from training.job import run_retrain
+    from training.promotion import run_retrain
 
     ws = build_workspace(tmp_path / "home")
     bad = _promote_bad_model(ws, small_study)
@@ -458,7 +515,7 @@ def test_retrain_promotes_better_and_keeps_production_otherwise(
 
 
 def test_retrain_bad_input_exit_codes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from training.job import run_retrain
+    from training.promotion import run_retrain
 
     ws = Workspace.at(tmp_path / "empty")
     bad_key = tmp_path / "bad.yaml"

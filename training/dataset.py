@@ -3,7 +3,9 @@
 Features come only through Feast (:func:`feature_repo.store.historical_features`): each labelled
 patient is an entity row stamped with its pathology date, so a feature row is joined only if its
 scan happened on or before that date, and only the labels known at ``as_of`` take part. Rows that
-lack any feature the study needs are dropped and counted per reason, never silently.
+lack any feature the study needs are dropped and counted per reason, never silently. Labels have
+one source, the Feast ``labels`` view the features stage registers; a patient's center is the
+center of its pseudonym (:class:`atrx.pseudonym.Pseudonym`).
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
+from atrx.errors import DataError
+from atrx.pseudonym import Pseudonym
 from atrx.workspace import Workspace
 from training.fusion import encode_clinical
 from training.study import StudyConfig
@@ -41,11 +44,12 @@ log = logging.getLogger(__name__)
 
 LABEL = "atrx_mutant"
 LABELS_VIEW = "labels"
+LABEL_SOURCE = f"feast:{LABELS_VIEW}"
 CLINICAL_VIEW = "clinical"
 KEY_COLUMNS = ("patient_id", "center", "event_timestamp")
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(DataError):
     """No usable training data (no labels, views not registered, too few rows): bad input."""
 
 
@@ -53,23 +57,28 @@ def resolve_as_of(as_of: str | dt.date | dt.datetime | pd.Timestamp | None) -> p
     """``as_of`` as a UTC timestamp; ``None`` is now. Naive values are taken as UTC."""
     ts = pd.Timestamp.now(tz="UTC") if as_of is None else pd.Timestamp(as_of)
     if pd.isna(ts):
-        raise TrainingDataError(f"as_of {as_of!r} is not a date")
+        raise TrainingDataError(f"as_of {as_of!r} is not a date", fix="give a date as YYYY-MM-DD")
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
 def center_of(patient_id: str) -> str:
-    """The center of a pseudonym: the prefix before the first ``-`` (``"A-3f2a..."`` -> ``"A"``)."""
-    return str(patient_id).split("-", 1)[0]
+    """The center of a patient pseudonym (``"A-3f2a9c1b0d4e"`` -> ``"A"``); a malformed id is an
+    error, never a wrong center."""
+    return Pseudonym.parse(patient_id).center
 
 
-def _labels_from_feast(ws: Workspace) -> pd.DataFrame | None:
-    """Current label rows of the registered Feast ``labels`` view, or None if not registered."""
+def _all_labels(ws: Workspace) -> pd.DataFrame:
+    """Every label (patient_id, event_timestamp = pathology date, atrx_mutant) of the registered
+    Feast ``labels`` view: the one source of labels, the same rows the features are joined to."""
     from feature_repo.offline import read_offline
     from feature_repo.store import registered_versions
 
     version = registered_versions(ws).get(LABELS_VIEW)
     if not version:
-        return None
+        raise TrainingDataError(
+            f"no labels in {ws.home}: the Feast {LABELS_VIEW!r} view is not registered",
+            fix="run `atrx features` first (it exports the labels and registers the views)",
+        )
     rows = read_offline(ws, LABELS_VIEW, version)
     rows = rows.sort_values(["patient_id", "created_timestamp", "event_timestamp"])
     rows = rows.drop_duplicates("patient_id", keep="last")
@@ -83,51 +92,6 @@ def _labels_from_feast(ws: Workspace) -> pd.DataFrame | None:
     )
 
 
-def _labels_from_catalog(ws: Workspace) -> pd.DataFrame | None:
-    import duckdb
-
-    if not Path(ws.catalog).is_file():
-        return None
-    con = duckdb.connect(ws.catalog, read_only=True)
-    try:
-        found = con.execute(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'labels'"
-        ).fetchone()
-        if not found or not found[0]:
-            return None
-        rows = con.execute(
-            "SELECT patient_id, pathology_date, atrx_mutant FROM labels "
-            "WHERE pathology_date IS NOT NULL AND atrx_mutant IS NOT NULL ORDER BY patient_id"
-        ).df()
-    finally:
-        con.close()
-    return pd.DataFrame(
-        {
-            "patient_id": rows["patient_id"].astype(str),
-            "event_timestamp": pd.to_datetime(rows["pathology_date"]).dt.tz_localize("UTC"),
-            LABEL: rows["atrx_mutant"].astype("int64"),
-        }
-    )
-
-
-def _all_labels(ws: Workspace) -> tuple[pd.DataFrame, str]:
-    """Every label (patient_id, event_timestamp = pathology date, atrx_mutant) and its source.
-
-    The Feast ``labels`` view is preferred (the label joined to the features is that view's);
-    the catalog's ``labels`` table is the fallback before the first export.
-    """
-    labels = _labels_from_feast(ws)
-    if labels is not None:
-        return labels, "feast:labels"
-    labels = _labels_from_catalog(ws)
-    if labels is not None:
-        return labels, "catalog:labels"
-    raise TrainingDataError(
-        f"no labels in {ws.home}: neither a registered Feast 'labels' view nor a catalog 'labels' "
-        "table; run the ingest and features stages first"
-    )
-
-
 def entity_frame(
     ws: Workspace, as_of: str | dt.date | dt.datetime | pd.Timestamp | None = None
 ) -> pd.DataFrame:
@@ -135,7 +99,7 @@ def entity_frame(
 
     A label counts as known once its pathology date is on or before ``as_of`` (default: now).
     """
-    labels, _ = _all_labels(ws)
+    labels = _all_labels(ws)
     cut = resolve_as_of(as_of)
     known = labels[labels["event_timestamp"] <= cut]
     return known[["patient_id", "event_timestamp"]].sort_values("patient_id").reset_index(drop=True)
@@ -194,7 +158,7 @@ def training_frame(
     from feature_repo.store import historical_features, registered_versions
 
     cut = resolve_as_of(as_of)
-    labels, source = _all_labels(ws)
+    labels, source = _all_labels(ws), LABEL_SOURCE  # one source of labels
     entities = (
         labels[labels["event_timestamp"] <= cut][["patient_id", "event_timestamp"]]
         .sort_values("patient_id")
@@ -223,7 +187,8 @@ def training_frame(
     imaging_columns = {v: [c for c in raw.columns if c.startswith(f"{v}__")] for v in imaging_views}
     empty = [v for v, cols in imaging_columns.items() if not cols]
     if empty:
-        raise TrainingDataError(f"feature views {empty} have no feature columns")
+        raise TrainingDataError(f"feature views {empty} have no feature columns",
+                                fix="run `atrx features` again for these views")
     clinical = encode_clinical(raw, list(study.clinical_variables))
     reasons: list[tuple[str, str]] = []
     bad = np.zeros(len(raw), dtype=bool)
@@ -370,12 +335,15 @@ def split(frame: pd.DataFrame, study: StudyConfig) -> Split:
     if dev.size < 4:
         raise TrainingDataError(
             f"only {dev.size} row(s) from the development centers {cfg.development_centers}; "
-            f"centers present: {sorted(centers.unique())}"
+            f"centers present: {sorted(centers.unique())}",
+            fix="set split.development_centers in the study file to centers that have labelled "
+                "patients",
         )
     if test.size == 0:
         raise TrainingDataError(
             f"no rows from the test centers {cfg.test_centers}; centers present: "
-            f"{sorted(centers.unique())}"
+            f"{sorted(centers.unique())}",
+            fix="set split.test_centers in the study file to centers that have labelled patients",
         )
     train, validation, used = _stratified_split(
         dev, frame, list(cfg.stratify_by), cfg.validation_fraction, study.seeds.split

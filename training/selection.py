@@ -9,15 +9,14 @@ All three need a binary target.
 
 from __future__ import annotations
 
-import numbers
 import warnings
 from collections.abc import Sequence
+from typing import ClassVar
 
 import numpy as np
 import statsmodels.api as sm
 from numpy.typing import ArrayLike
 from scipy import stats
-from scipy.special import expit
 from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.feature_selection import SelectorMixin
@@ -25,7 +24,6 @@ from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.svm import l1_min_c
 from sklearn.utils import ClassifierTags
-from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 from statsmodels.tools.sm_exceptions import (
     ConvergenceWarning as SMConvergenceWarning,
@@ -36,41 +34,34 @@ from statsmodels.tools.sm_exceptions import (
 )
 from threadpoolctl import threadpool_limits
 
+from training._logit import loglik, ridge_logit
+from training._validation import (
+    BOOL,
+    CALLABLE_OR_STR,
+    INT_OR_NONE,
+    POSITIVE_REAL,
+    InvalidParameterError,
+    Rule,
+    binary_target,
+    check_params,
+    int_at_least,
+    is_int,
+    optional,
+    positive_grid,
+    real_between,
+)
+
 __all__ = ["BackwardAICSelector", "InvalidParameterError", "LassoCVSelector", "TTestSelector"]
 
 
-class InvalidParameterError(ValueError, TypeError):
-    """A constructor argument has the wrong type or value (raised by ``fit``, as sklearn does)."""
-
-
-def _invalid(owner: object, name: str, expected: str, value: object) -> InvalidParameterError:
-    return InvalidParameterError(
-        f"The {name!r} parameter of {type(owner).__name__} must be {expected}. Got {value!r} instead."
-    )
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _binary_target(owner: object, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(classes, y01)``; the larger label is the positive (event) class."""
-    check_classification_targets(y)
-    classes = np.unique(y)
-    if classes.size != 2:
-        word = "class" if classes.size == 1 else "classes"
-        raise ValueError(
-            f"{type(owner).__name__} needs a binary target with two classes; got {classes.size} {word}."
-        )
-    return classes, (y == classes[1]).astype(np.float64)
-
-
 class _BinarySelector(SelectorMixin, BaseEstimator):
-    """Shared plumbing: input validation, tags and the support mask."""
+    """Shared plumbing: parameter and input validation, tags and the support mask."""
+
+    #: parameter -> rule, checked in this order by ``fit`` (``__init__`` only stores)
+    _param_rules: ClassVar[dict[str, Rule]] = {}
+
+    def _check_params(self) -> None:
+        check_params(self, self._param_rules)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -84,7 +75,7 @@ class _BinarySelector(SelectorMixin, BaseEstimator):
 
     def _validate_xy(self, X: ArrayLike, y: ArrayLike) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], ensure_min_samples=2)
-        classes, y01 = _binary_target(self, y)
+        classes, y01 = binary_target(self, y)
         self.classes_ = classes
         return X, y, y01
 
@@ -106,18 +97,16 @@ class TTestSelector(_BinarySelector):
     ``pvalues_`` (1.0 where the test is undefined), ``support_``, ``used_fallback_``.
     """
 
+    _param_rules: ClassVar[dict[str, Rule]] = {
+        "alpha": real_between(0.0, 1.0),
+        "equal_var": BOOL,
+        "min_features": int_at_least(0),
+    }
+
     def __init__(self, alpha: float = 0.05, equal_var: bool = False, min_features: int = 1) -> None:
         self.alpha = alpha
         self.equal_var = equal_var
         self.min_features = min_features
-
-    def _check_params(self) -> None:
-        if not _is_real(self.alpha) or not 0.0 < self.alpha < 1.0:
-            raise _invalid(self, "alpha", "a float in (0, 1)", self.alpha)
-        if not isinstance(self.equal_var, bool | np.bool_):
-            raise _invalid(self, "equal_var", "a bool", self.equal_var)
-        if not _is_int(self.min_features) or self.min_features < 0:
-            raise _invalid(self, "min_features", "an int in [0, inf)", self.min_features)
 
     def fit(self, X: ArrayLike, y: ArrayLike) -> TTestSelector:
         """Compute per-column t-tests on the training rows and the support mask."""
@@ -169,6 +158,15 @@ class LassoCVSelector(_BinarySelector):
     ``Cs_``, ``n_splits_``, ``support_``, ``used_fallback_``.
     """
 
+    _param_rules: ClassVar[dict[str, Rule]] = {
+        "cv": int_at_least(2),
+        "Cs": positive_grid(1),
+        "scoring": CALLABLE_OR_STR,
+        "random_state": INT_OR_NONE,
+        "max_features": optional(int_at_least(1)),
+        "lambda_min_ratio": optional(real_between(0.0, 1.0)),
+    }
+
     def __init__(
         self,
         cv: int = 10,
@@ -185,41 +183,9 @@ class LassoCVSelector(_BinarySelector):
         self.max_features = max_features
         self.lambda_min_ratio = lambda_min_ratio
 
-    def _check_params(self) -> None:
-        if not _is_int(self.cv) or self.cv < 2:
-            raise _invalid(self, "cv", "an int in [2, inf)", self.cv)
-        if _is_int(self.Cs):
-            if self.Cs < 1:
-                raise _invalid(
-                    self, "Cs", "an int in [1, inf) or an array-like of positive floats", self.Cs
-                )
-        else:
-            try:
-                cs = np.asarray(self.Cs, dtype=float)
-            except (TypeError, ValueError):
-                cs = np.array([np.nan])
-            if cs.ndim != 1 or cs.size == 0 or not np.all(np.isfinite(cs)) or np.any(cs <= 0):
-                raise _invalid(
-                    self, "Cs", "an int in [1, inf) or an array-like of positive floats", self.Cs
-                )
-        if not isinstance(self.scoring, str) and not callable(self.scoring):
-            raise _invalid(self, "scoring", "a str or a callable", self.scoring)
-        if self.random_state is not None and not _is_int(self.random_state):
-            raise _invalid(self, "random_state", "an int or None", self.random_state)
-        if self.max_features is not None and (
-            not _is_int(self.max_features) or self.max_features < 1
-        ):
-            raise _invalid(self, "max_features", "an int in [1, inf) or None", self.max_features)
-        if self.lambda_min_ratio is not None and (
-            not _is_real(self.lambda_min_ratio) or not 0.0 < self.lambda_min_ratio < 1.0
-        ):
-            raise _invalid(
-                self, "lambda_min_ratio", "a float in (0, 1) or None", self.lambda_min_ratio
-            )
-
     def _grid(self, X: np.ndarray, y01: np.ndarray) -> int | np.ndarray:
         """The C values to search: glmnet's lambda path for an int ``Cs`` (see the class doc)."""
-        if not _is_int(self.Cs):
+        if not is_int(self.Cs):
             return np.asarray(self.Cs, dtype=np.float64)
         ratio = self.lambda_min_ratio
         if ratio is None:
@@ -302,58 +268,6 @@ _LOGLIK_FLOOR = -1e300
 _MAX_STANDARDISED_COEF = 15.0
 
 
-def _loglik(X1: np.ndarray, y: np.ndarray, beta: np.ndarray) -> float:
-    eta = X1 @ beta
-    return float(np.sum(y * eta - np.logaddexp(0.0, eta)))
-
-
-def _ridge_logit(
-    X1: np.ndarray,
-    y: np.ndarray,
-    ridge: float,
-    start: np.ndarray | None = None,
-    max_iter: int = 100,
-) -> np.ndarray:
-    """Newton-Raphson for logistic regression with an L2 penalty on all but the intercept (column 0).
-
-    The penalty keeps estimates finite under perfect separation and makes the Hessian positive
-    definite when columns are collinear or outnumber the rows.
-    """
-    k = X1.shape[1]
-    pen = np.full(k, ridge)
-    pen[0] = 0.0
-    if start is None:
-        beta = np.zeros(k)
-        beta[0] = np.log((y.mean() + 1e-12) / (1.0 - y.mean() + 1e-12))
-    else:
-        beta = np.array(start, dtype=np.float64)
-
-    def objective(b: np.ndarray) -> float:
-        return -_loglik(X1, y, b) + 0.5 * float(np.sum(pen * b * b))
-
-    current = objective(beta)
-    for _ in range(max_iter):
-        mu = expit(X1 @ beta)
-        grad = X1.T @ (y - mu) - pen * beta
-        hess = (X1.T * (mu * (1.0 - mu))) @ X1 + np.diag(pen) + 1e-10 * np.eye(k)
-        try:
-            step = np.linalg.solve(hess, grad)
-        except np.linalg.LinAlgError:
-            step = np.linalg.lstsq(hess, grad, rcond=None)[0]
-        t = 1.0
-        while t > 1e-8:
-            candidate = beta + t * step
-            value = objective(candidate)
-            if value <= current + 1e-12:
-                break
-            t *= 0.5
-        beta, improvement = candidate, current - value
-        current = value
-        if np.max(np.abs(t * step)) < 1e-8 or improvement < 1e-10:
-            break
-    return beta
-
-
 class BackwardAICSelector(_BinarySelector):
     """Backward stepwise elimination of a logistic model by AIC, ending below ``max_features + 1``.
 
@@ -379,22 +293,21 @@ class BackwardAICSelector(_BinarySelector):
     (how many fits needed the penalised fallback).
     """
 
+    _param_rules: ClassVar[dict[str, Rule]] = {
+        "max_features": int_at_least(1),
+        "ridge": POSITIVE_REAL,
+    }
+
     def __init__(self, max_features: int = 19, ridge: float = 1.0) -> None:
         self.max_features = max_features
         self.ridge = ridge
-
-    def _check_params(self) -> None:
-        if not _is_int(self.max_features) or self.max_features < 1:
-            raise _invalid(self, "max_features", "an int in [1, inf)", self.max_features)
-        if not _is_real(self.ridge) or not np.isfinite(self.ridge) or self.ridge <= 0:
-            raise _invalid(self, "ridge", "a float in (0, inf)", self.ridge)
 
     def _aic(
         self, Z: np.ndarray, y01: np.ndarray, cols: list[int], start: np.ndarray | None = None
     ) -> tuple[float, np.ndarray]:
         """AIC of the model on ``cols`` and its penalised estimate (to warm-start the sub-models)."""
         X1 = np.column_stack([np.ones(Z.shape[0]), Z[:, cols]])
-        ridge_beta = _ridge_logit(X1, y01, float(self.ridge), start=start)
+        ridge_beta = ridge_logit(X1, y01, float(self.ridge), start=start)
         # A penalised fit that already classifies every row correctly proves complete separation:
         # the MLE does not exist, so skip the (slow, diverging) unpenalised attempt.
         separated = bool(np.all((X1 @ ridge_beta > 0) == (y01 == 1.0)))
@@ -403,7 +316,7 @@ class BackwardAICSelector(_BinarySelector):
             llf = self._statsmodels_llf(X1, y01, ridge_beta)
         if llf is None:
             self.n_ridge_fits_ += 1
-            llf = max(_loglik(X1, y01, ridge_beta), _LOGLIK_FLOOR)
+            llf = max(loglik(X1, y01, ridge_beta), _LOGLIK_FLOOR)
         return 2.0 * X1.shape[1] - 2.0 * llf, ridge_beta
 
     @staticmethod

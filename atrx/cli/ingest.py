@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from atrx.cli._common import HomeOpt, SchedulerOpt, WorkersOpt
+from atrx.errors import ExitCode
+
+if TYPE_CHECKING:  # the stages are imported inside the commands, so --help stays fast
+    from atrx.config.center import CenterConfig
+    from atrx.workspace import Workspace
+    from ingest.driver import IngestSummary
+    from ingest.synth import CohortSummary
 
 
 def synth(
@@ -30,7 +37,7 @@ def synth(
                                    ("center files", out.resolve() / "centers")]))
 
 
-def print_cohort(con: Any, summary: Any) -> None:
+def print_cohort(con: Any, summary: CohortSummary) -> None:
     """The per-center table of a generated cohort."""
     from atrx.ui import rows_table
 
@@ -71,9 +78,9 @@ def center_validate(
     con.print(f"{verdict}: {counts['patients_ready']} of {counts['patients']} patients ready, "
               f"{n_block} blocking problem(s), {len(problems) - n_block} note(s). Nothing was written.")
     if center_blocking or not plan.patients:
-        raise typer.Exit(2)
+        raise typer.Exit(int(ExitCode.BAD_INPUT))
     if n_block:
-        raise typer.Exit(1)
+        raise typer.Exit(int(ExitCode.FAILURE))
 
 
 def ingest(
@@ -101,7 +108,8 @@ def ingest(
         con.print("[yellow]some patients were quarantined; the table above says why and how to fix it[/]")
 
 
-def ingest_one(con: Any, cfg: Any, ws: Any, scheduler: str | None, workers: int | None) -> Any:
+def ingest_one(con: Any, cfg: CenterConfig, ws: Workspace, scheduler: str | None,
+               workers: int | None) -> IngestSummary:
     """Ingest one center with a progress bar and print its summary and quarantine."""
     from atrx.ui import kv_table, progress_bar, rows_table
     from ingest.driver import run_ingest
@@ -118,6 +126,7 @@ def ingest_one(con: Any, cfg: Any, ws: Any, scheduler: str | None, workers: int 
 
 
 def register(app: typer.Typer, center_app: typer.Typer) -> None:
+    """Add the ingest commands to the app (``center validate`` under ``center``)."""
     app.command()(synth)
     center_app.command("validate")(center_validate)
     app.command()(ingest)

@@ -13,7 +13,7 @@ def train(home: HomeOpt = None, as_of: AsOfOpt = None, study: StudyOpt = None) -
     """Run the study protocol on point-in-time features from Feast; report; register a candidate."""
     from atrx.ui import console, kv_table
     from atrx.workspace import Workspace
-    from training.job import run_train
+    from training.run import run_train
 
     con = console()
     summary = run_train(Workspace.at(home), as_of=as_of, study_path=study, progress=step_printer(con))
@@ -31,13 +31,13 @@ def retrain(home: HomeOpt = None, as_of: AsOfOpt = None, study: StudyOpt = None)
     from atrx.workspace import Workspace
 
     summary = run_retrain_cli(console(), Workspace.at(home), as_of=as_of, study=study)
-    raise typer.Exit(summary.exit_code)
+    raise typer.Exit(int(summary.exit_code))
 
 
 def run_retrain_cli(con: Any, ws: Any, *, as_of: str | None = None, study: Any = None) -> Any:
     """Run the retrain decision with step lines; print its tables and decision."""
     from atrx.ui import kv_table
-    from training.job import run_retrain
+    from training.promotion import run_retrain
 
     summary = run_retrain(ws, as_of=as_of, study_path=study, progress=step_printer(con))
     print_tables(con, summary.tables())

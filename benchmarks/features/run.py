@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib
 import logging
 import os
 import platform
@@ -93,7 +94,7 @@ def plain_loop(ws: Workspace, params: dict[str, Any]) -> tuple[int, float]:
 
     logging.getLogger("radiomics").setLevel(logging.ERROR)
     with Catalog(ws.catalog, read_only=True) as cat:
-        paths = [r[0] for r in cat.query("SELECT zarr_path FROM scans ORDER BY zarr_path")]
+        paths = sorted(s.zarr_path for s in cat.latest_study_versions())  # one version each
     extractor = featureextractor.RadiomicsFeatureExtractor(params)
     n = 0
     t0 = time.perf_counter()
@@ -112,7 +113,7 @@ def dask_job(ws: Workspace, params: dict[str, Any], workers: int) -> tuple[int, 
     from distributed import Client, LocalCluster
 
     from atrx.cluster import _limit_threads
-    from features.job import library_versions, run_features
+    from features.job import run_features
     from features.radiomics import radiomics_feature_names
 
     t0 = time.perf_counter()
@@ -121,7 +122,7 @@ def dask_job(ws: Workspace, params: dict[str, Any], workers: int) -> tuple[int, 
         client.run(_limit_threads, 1)
         # warm: imports (torch comes with features.tasks) and PyRadiomics' once-per-process name
         # probe are start-up costs, not throughput
-        client.run(library_versions)
+        client.run(importlib.import_module, "features.tasks")
         client.run(radiomics_feature_names, "tumor", "t1c", params)
         start = time.perf_counter() - t0
         t1 = time.perf_counter()

@@ -2,7 +2,7 @@
 
 A synthetic workspace (three centers, ``--views`` imaging views with ``--features`` features each,
 clinical variables and labels) goes through the real pipeline: offline store, Feast apply,
-``training.job.run_train`` on a one-feature-type study, promotion, ``run_materialize``. Then:
+``training.run.run_train`` on a one-feature-type study, promotion, ``run_materialize``. Then:
 
 * server: ``serving.server.serve`` on a free loopback port; ``--requests`` calls of ``/predict``
   at each concurrency (threads, one keep-alive ``httpx.Client`` each), after a warm-up;
@@ -95,7 +95,7 @@ def prepare(ws: Workspace, study_path: Path) -> tuple[str, list[str]]:
     from atrx import registry
     from feature_repo.offline import read_offline
     from serving.materialize import run_materialize
-    from training.job import run_train
+    from training.run import run_train
 
     study_path.write_text(STUDY)
     trained = run_train(ws, as_of="2025-01-01", study_path=study_path)

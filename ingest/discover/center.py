@@ -1,0 +1,117 @@
+"""Plan a center: find its patients, join the clinical sheet, plan each patient's studies.
+
+The entry point of discovery (:func:`plan_center`); the DICOM and file sides plan each patient's
+studies, and what no single patient shows (duplicates across folders, rows without images) is
+checked here across the whole center.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from pathlib import Path
+
+from atrx.config.center import CenterConfig
+from ingest.clinical import ClinicalSheetError, ClinicalSheetResult, parse_clinical
+from ingest.deid import pseudonymise_patient
+from ingest.discover.dicom import plan_dicom_patient
+from ingest.discover.files import check_masks, plan_file_patient
+from ingest.discover.plan import CenterPlan, PatientPlan, Problem, relative
+
+__all__ = ["plan_center"]
+
+
+def plan_center(cfg: CenterConfig, key: str, read_masks: bool = True) -> CenterPlan:
+    """Find every patient of a center and decide what would be ingested, without writing anything.
+
+    ``read_masks`` False skips reading the mask files (headers only).
+    """
+    problems: list[Problem] = []
+    root = cfg.source_path
+    clinical: ClinicalSheetResult | None = None
+    cell_problems: dict[str | None, list[Problem]] = defaultdict(list)
+    try:
+        clinical = parse_clinical(cfg.clinical_path, cfg.clinical)
+        for cp in clinical.problems:
+            cell_problems[cp.raw_id].append(Problem(
+                cp.raw_id, f"clinical row {cp.row}, column {cp.column!r}: {cp.message}", cp.fix,
+                relative(cfg.clinical_path, root), stage="clinical"))
+    except ClinicalSheetError as e:
+        problems.append(Problem(None, str(e), e.fix or "fix the clinical sheet or the clinical section of "
+                                "the center file", relative(cfg.clinical_path, root), stage="clinical"))
+
+    rx = re.compile(cfg.patients.id_regex)
+    entries: dict[str, list[Path]] = defaultdict(list)
+    for entry in sorted(root.glob(cfg.patients.glob)):
+        if not entry.is_dir() or entry.name.startswith("."):
+            continue
+        m = rx.search(entry.name)
+        if not m:
+            problems.append(Problem(None, f"folder {entry.name!r} does not match patients.id_regex; skipped",
+                                    "rename it or widen patients.id_regex", entry.name, blocking=False))
+            continue
+        entries[m["patient"]].append(entry)
+    if not entries:
+        problems.append(Problem(None, f"no patient folders match {cfg.patients.glob!r} under {root}",
+                                "check source and patients.glob"))
+
+    plans: list[PatientPlan] = []
+    for raw_id, folders in entries.items():
+        plan = PatientPlan(raw_id, pseudonymise_patient(cfg.center, raw_id, key), str(folders[0]))
+        plans.append(plan)
+        if len(folders) > 1:
+            plan.refuse(f"duplicate patient: id {raw_id!r} is in {len(folders)} folders "
+                        f"{[f.name for f in folders]}", "keep one folder per patient (merge or remove the others)")
+            continue
+        if clinical is not None:
+            if raw_id in clinical.records:
+                plan.clinical = clinical.records[raw_id]
+            elif raw_id in clinical.rejected:
+                plan.problems.extend(cell_problems.pop(raw_id, []))
+            else:
+                plan.refuse("no row in the clinical sheet",
+                            f"add a row whose {cfg.clinical.columns['patient_id']!r} is the patient's raw id "
+                            f"({raw_id}; `atrx center validate` shows it)", relative(cfg.clinical_path, root))
+        else:
+            plan.refuse("no clinical data (the sheet could not be read)", "fix the clinical sheet")
+        if cfg.sequences.is_dicom:
+            plan_dicom_patient(cfg, plan, folders[0], key)
+        else:
+            plan_file_patient(cfg, plan, folders[0], key)
+        for study in plan.studies:
+            if study.scan_date is None and (plan.clinical is not None or cfg.sequences.is_dicom):
+                plan.refuse("no scan date", "map clinical.columns.scan_date or set patients.scan_date_regex "
+                            "(DICOM: StudyDate is empty)")
+            elif plan.clinical and study.scan_date > plan.clinical.pathology_date:
+                plan.refuse(f"scan date {study.scan_date} is after the pathology date "
+                            f"{plan.clinical.pathology_date}; this scan cannot inform that label",
+                            "expected for follow-up scans; otherwise check the dates", blocking=False)
+        if read_masks and plan.ok:
+            check_masks(cfg, plan)
+
+    _flag_duplicate_headers(plans)
+    for leftovers in cell_problems.values():  # rows of patients without a folder: notes only
+        problems.extend(Problem(p.patient, p.what, p.fix, p.file, blocking=False, stage=p.stage) for p in leftovers)
+    if clinical is not None:
+        for raw_id in sorted(set(clinical.records) - set(entries)):
+            problems.append(Problem(raw_id, "clinical row without images", "check the export for this patient",
+                                    relative(cfg.clinical_path, root), blocking=False, stage="clinical"))
+    return CenterPlan(cfg, plans, problems, clinical)
+
+
+def _flag_duplicate_headers(plans: list[PatientPlan]) -> None:
+    """A patient exported twice under two folder names shares its series: refuse both copies."""
+    owners: dict[str, list[PatientPlan]] = defaultdict(list)
+    for plan in plans:
+        for study in plan.studies:
+            for ref in (study.t1c, study.t2f):
+                if ref.series_uid:
+                    owners[ref.series_uid].append(plan)
+    for members in owners.values():
+        unique = {id(p): p for p in members}
+        if len(unique) > 1:
+            names = sorted(p.raw_id for p in unique.values())
+            for p in unique.values():
+                if not any("duplicate patient" in q.what for q in p.problems):
+                    p.refuse(f"duplicate patient: the same series is also exported under {names}",
+                             "keep one copy of this patient")

@@ -1,0 +1,115 @@
+"""What identifies a preprocessing: its version, its parameters, the fixed constants, its error.
+
+``PREPROCESS_VERSION`` and :meth:`PreprocessParams.digest` are written with every study version;
+changing either makes already-ingested data out of date, so both are fixed here and only here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Final, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from atrx.errors import DataError
+
+__all__ = [
+    "MIN_T2F_BRAIN_COVERAGE",
+    "PREPROCESS_VERSION",
+    "PreprocessError",
+    "PreprocessParams",
+    "Space",
+    "check_orientation",
+]
+
+PREPROCESS_VERSION: Final[str] = "1.0.0"
+
+#: the image a mask was drawn on (and whose transform carries it to the output grid)
+Space = Literal["t1c", "t2f"]
+
+#: the z-scored T2f must see at least this share of the brain inside its field of view
+MIN_T2F_BRAIN_COVERAGE: Final[float] = 0.5
+# regular-step gradient descent (steps in mm through physical-shift scales)
+REG_LEARNING_RATE_MM: Final[float] = 1.0
+REG_MIN_STEP: Final[float] = 1e-4
+REG_RELAXATION: Final[float] = 0.7
+#: decimals kept of the recorded log bias field (1e-6 relative in intensity)
+FIELD_DECIMALS: Final[int] = 6
+
+_AXIS_PAIRS = ({"R", "L"}, {"A", "P"}, {"S", "I"})
+
+
+class PreprocessError(DataError):
+    """Degenerate or inconsistent data; the message says what was expected and what was found."""
+
+
+def check_orientation(code: str) -> str:
+    """``code`` upper-cased if it is three letters, one of each of R/L, A/P, S/I."""
+    letters = code.upper()
+    if len(letters) != 3 or any(
+        sum(ch in pair for ch in letters) != 1 for pair in _AXIS_PAIRS
+    ):
+        raise ValueError(
+            f"orientation must be three letters, one of each of R/L, A/P, S/I (e.g. 'LPS'); got {code!r}"
+        )
+    return letters
+
+
+class PreprocessParams(BaseModel, extra="forbid", frozen=True):
+    """Every knob of :func:`preprocess_study`; :meth:`digest` identifies a parameter set."""
+
+    orientation: str = "LPS"
+    spacing_mm: float = Field(1.0, gt=0)
+
+    n4_enabled: bool = True
+    n4_shrink: int = Field(4, ge=1)
+    #: iterations per fitting level; the number of entries is the number of levels
+    n4_iterations: tuple[int, ...] = (30, 20)
+    n4_control_points: int = Field(4, ge=4)  # must exceed the spline order (3)
+    n4_convergence: float = Field(1e-3, gt=0)
+    #: spacing of the grid the fitted log bias field is recorded (and applied) on
+    n4_field_spacing_mm: float = Field(8.0, gt=0)
+
+    registration: Literal["rigid", "none"] = "rigid"
+    reg_iterations: int = Field(100, ge=1)
+    reg_sampling: float = Field(0.2, gt=0, le=1)
+    reg_seed: int = Field(42, ge=0, lt=2**32)
+    reg_bins: int = Field(32, ge=8)
+    reg_shrink_factors: tuple[int, ...] = (4, 2, 1)
+    reg_smoothing_mm: tuple[float, ...] = (2.0, 1.0, 0.0)
+
+    image_interpolator: Literal["linear", "bspline"] = "linear"
+    #: radius of the opening that cuts skull-brain bridges in the brain mask
+    brain_opening_mm: float = Field(2.0, ge=0)
+    #: absolute tolerance (mm, direction cosines) when a mask's grid is compared to its image's
+    geometry_tol: float = Field(1e-3, gt=0)
+
+    @field_validator("orientation")
+    @classmethod
+    def _orientation(cls, v: str) -> str:
+        return check_orientation(v)
+
+    @field_validator("n4_iterations", "reg_shrink_factors")
+    @classmethod
+    def _positive_ints(cls, v: tuple[int, ...]) -> tuple[int, ...]:
+        if not v or any(i < 1 for i in v):
+            raise ValueError(f"expected a non-empty list of integers >= 1, got {list(v)}")
+        return v
+
+    @model_validator(mode="after")
+    def _levels_match(self) -> PreprocessParams:
+        if len(self.reg_shrink_factors) != len(self.reg_smoothing_mm):
+            raise ValueError(
+                f"reg_shrink_factors ({len(self.reg_shrink_factors)} levels) and reg_smoothing_mm "
+                f"({len(self.reg_smoothing_mm)} levels) must have the same length"
+            )
+        if any(s < 0 for s in self.reg_smoothing_mm):
+            raise ValueError(f"reg_smoothing_mm must be >= 0, got {list(self.reg_smoothing_mm)}")
+        return self
+
+    def digest(self) -> str:
+        """sha256 (hex) of the canonical JSON of the parameters plus ``PREPROCESS_VERSION``."""
+        payload = {"version": PREPROCESS_VERSION, "params": self.model_dump(mode="json")}
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()

@@ -1,0 +1,63 @@
+"""The serving stage's errors: each is an :class:`atrx.errors.AtrxError` and, where a request
+caused it, a BentoML exception carrying its HTTP status (as BentoML's own ``exceptions.py``).
+
+:class:`ServingSetupError` stops a start-up, ``atrx materialize`` or ``atrx serve`` (exit code 2);
+:class:`UnknownPatient` (404) and :class:`FeaturesUnavailable` (422) answer one request.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from bentoml.exceptions import NotFound, UnprocessableEntity
+
+from atrx.errors import DataError, InputError, NotFoundError
+
+__all__ = ["FeaturesUnavailable", "ServingSetupError", "UnknownPatient"]
+
+
+class ServingSetupError(InputError):
+    """The service cannot serve: no production model, or features of another version online."""
+
+
+class UnknownPatient(NotFound, NotFoundError):
+    """HTTP 404: no online row of any view the model reads for these patient ids."""
+
+    def __init__(self, patient_ids: Sequence[str]) -> None:
+        self.patient_ids = list(patient_ids)
+        which = ", ".join(repr(p) for p in self.patient_ids)
+        super().__init__(
+            f"unknown patient id(s) {which}: no features in the online store; check the id, "
+            "or run `atrx materialize` if the patient was added after the last run"
+        )
+
+
+class FeaturesUnavailable(UnprocessableEntity, DataError):
+    """HTTP 422: features the model needs are missing (null/not materialized) or stale."""
+
+    def __init__(
+        self,
+        missing: Mapping[str, Sequence[str]] | None = None,
+        stale: Mapping[str, tuple[str, str | None]] | None = None,
+        stale_features: Sequence[str] = (),
+        unexpected: Sequence[str] = (),
+    ) -> None:
+        self.missing = {k: list(v) for k, v in (missing or {}).items()}
+        self.stale = dict(stale or {})
+        self.unexpected = list(unexpected)
+        parts = []
+        if self.stale:
+            views = "; ".join(
+                f"{v}: model {want!r}, online {got or 'unregistered'!r}"
+                for v, (want, got) in self.stale.items()
+            )
+            parts.append(
+                f"stale features {list(stale_features)} (feature version differs from the "
+                f"model's: {views}); promote a model trained on these versions or re-apply "
+                "the model's versions and run `atrx materialize`"
+            )
+        for who, names in self.missing.items():
+            parts.append(f"{who}: missing features {names}")
+        if self.unexpected:
+            parts.append(f"unexpected features {self.unexpected} (not used by the model)")
+        super().__init__("; ".join(parts))
