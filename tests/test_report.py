@@ -180,3 +180,88 @@ def test_nomogram_names_both_ends_of_a_variable_worth_almost_no_points(tmp_path,
     # age spans far less than one label's width: its two ends are both named, nothing in between
     assert {"18", "81"} <= set(texts)
     assert not {"33.8", "49.5", "65.2"} & set(texts)
+
+
+# --- the transfer sections (issue 12) -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def diagnostics():
+    """Diagnostics of three centers, one feature shifted on the test center C, one named EVIL."""
+    import pandas as pd
+
+    from training.dataset import Split
+    from training.diagnostics import Diagnostics, StabilityResult, feature_shift
+
+    rng = np.random.default_rng(1)
+    centers = np.repeat(["A", "B", "C"], [50, 60, 40])
+    frame = pd.DataFrame({"center": centers, "steady": rng.normal(0, 1, centers.size),
+                          EVIL: rng.normal(0, 1, centers.size) + 2.0 * (centers == "C")})
+    split = Split(train=np.flatnonzero(centers != "C"), validation=np.array([], dtype=np.int64),
+                  test=np.flatnonzero(centers == "C"), data_hash="", train_hash="")
+    shift = feature_shift(frame, split, ["steady", EVIL])
+    stability = StabilityResult(4, 0, 110, [EVIL], [[EVIL], [EVIL, "steady"], [EVIL], ["noise"]])
+    return Diagnostics("Tumor radiomics", shift, stability)
+
+
+def _transfer_metrics(study, diagnostics, *, baseline_auc: float = 0.9) -> dict:
+    y_test, test = study["test"]
+    models = {name: {"test": binary_metrics(y_test, p, 0.5)} for name, p in test.items()}
+    fusion = models["Fusion"]["test"]
+    base = {**fusion, "auc": baseline_auc}
+    return {
+        "models": models,
+        "transfer_check": {
+            "rows": [{"model": "Fusion", "role": "fusion", "test": fusion},
+                     {"model": "First-order baseline", "role": "first-order baseline",
+                      "ranking_auc": 0.7, "test": base}],
+            "baseline": "First-order baseline",
+            "warnings": ["On the test set the first-order baseline is above Fusion"],
+        },
+        "ranking": {"strategy": "loco", "criterion": "mean per-center AUC of LOCO CV",
+                    "reason": "loco: 2 development centers", "models": [
+                        {"label": "Tumor radiomics", "random_cv_auc": 0.87, "loco_auc": 0.61,
+                         "loco_centers": {"A": 0.6, "B": 0.62}, "n_selected": 1, "best": True},
+                        {"label": EVIL, "random_cv_auc": 0.9}]},
+        "diagnostics": diagnostics.to_json(),
+    }
+
+
+def test_report_renders_the_transfer_sections(study, diagnostics, tmp_path):
+    from PIL import Image
+
+    from training.figures import plot_feature_shift
+
+    figure = plot_feature_shift([f.to_json() for f in diagnostics.shift.features],
+                                tmp_path / "shift.png")
+    with Image.open(figure) as img:
+        img.verify()
+    metrics = _transfer_metrics(study, diagnostics)
+    html = render_report(metrics, {"feature_shift": figure, "roc_test": figure},
+                         tmp_path / "r.html").read_text(encoding="utf-8")
+    for text in ("Transfer to a new center", "Transfer check", "First-order baseline",
+                 "On the test set the first-order baseline is above Fusion",
+                 "Ranking of the imaging models", "mean per-center AUC of LOCO CV",
+                 "LOCO AUC per held-out center", "A 0.600, B 0.620", "Per-center shift",
+                 "SMD C (test)", "Selection stability", "mean Jaccard", "Figure S1."):
+        assert text in html, text
+    assert EVIL not in html and html.count("&lt;script&gt;") >= 3  # the feature name, escaped
+    # the shifted feature leads the table; the shift figure sits in its section, once
+    table = html[html.index("Per-center distribution of the selected"):]
+    assert table.index("&lt;script&gt;") < table.index("steady")
+    assert html.index("Figure S1.") < html.index("Selection stability") < html.index("Figure 3c.")
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
+    assert len(images) == 2 and all(base64.b64decode(i)[:8] == PNG_MAGIC for i in images)
+    freq = table[table.index("Selection frequency"):]
+    assert "75%" in freq and "25%" in freq  # EVIL 3/4 (final); steady and noise 1/4 (>= 20%)
+
+
+def test_report_transfer_sections_without_the_optional_parts(study, diagnostics, tmp_path):
+    metrics = _transfer_metrics(study, diagnostics)
+    metrics["diagnostics"]["stability"] = None
+    metrics["ranking"] = {"models": [{"label": "Tumor radiomics", "random_cv_auc": 0.87}]}
+    metrics["transfer_check"] = {"rows": metrics["transfer_check"]["rows"][:1]}
+    html = render_report(metrics, {}, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "diagnostics.bootstrap: 0" in html and "No first-order baseline" in html
+    assert "random k-fold CV AUC on the training rows (the paper" in html
+    assert "Figure S1." not in html and "class=\"warn\"" not in html
+    plain = render_report({"models": {"A": {"test": {"auc": 0.8}}}}, {}, tmp_path / "p.html")
+    assert "Transfer to a new center" not in plain.read_text(encoding="utf-8")

@@ -47,7 +47,13 @@ imaging:
 
 
 def feature_names(view: str) -> list[str]:
-    return [f"{view}__f{j:04d}" for j in range(N_FEATURES)]
+    """Deep views: ``f0000``...; radiomics views: the first half original-image first-order
+    features (what the first-order baseline reads), the rest texture of a filtered image."""
+    if view.startswith("dl_"):
+        return [f"{view}__f{j:04d}" for j in range(N_FEATURES)]
+    half = N_FEATURES // 2
+    return [f"{view}__original__firstorder__f{j:04d}" if j < half
+            else f"{view}__wavelet_lll__glcm__f{j:04d}" for j in range(N_FEATURES)]
 
 
 def make_cohort(seed: int = 0) -> dict[str, pd.DataFrame]:
@@ -289,7 +295,7 @@ def test_split_is_stratified_seeded_and_center_based(ws: Workspace) -> None:
 # --- protocol --------------------------------------------------------------------------------------
 def test_train_end_to_end_through_feast(ws: Workspace, trained) -> None:
     from atrx import registry
-    from training.protocol import CLINICAL, FUSION
+    from training.protocol import BASELINE, CLINICAL, FUSION
 
     s = trained
     assert s.exit_code == 0
@@ -297,9 +303,10 @@ def test_train_end_to_end_through_feast(ws: Workspace, trained) -> None:
     assert sum(m.startswith("imaging model ") for m in s.steps) == 9
     assert "imaging model 9/9 Overall hybrid: mean CV AUC" in " ".join(s.steps)
     assert s.steps[-1].startswith("protocol done")
+    assert any(m.startswith("First-order baseline: 18 features") for m in s.steps)
     tables = s.tables()
-    assert [len(t.rows) for t in tables] == [11, 11]
-    assert [r[0] for r in tables[1].rows][-2:] == [CLINICAL, FUSION]
+    assert [len(t.rows) for t in tables] == [12, 12]
+    assert [r[0] for r in tables[1].rows][-3:] == [BASELINE, CLINICAL, FUSION]
     assert tables[0].columns[1:5] == ["Train Sensitivity", "Train Specificity", "Train Accuracy",
                                       "Train AUC (95% CI)"]
     assert all("(" in row[4] for row in tables[0].rows)  # AUC with CI
@@ -318,6 +325,12 @@ def test_train_end_to_end_through_feast(ws: Workspace, trained) -> None:
     assert metrics["data"]["dropped_by_reason"] and metrics["split"]["data_hash"]
     assert {"nomogram", "delong", "calibration", "decision_curve", "clinical_impact"} <= set(metrics)
     assert {r["model_a"] for r in metrics["delong"]} >= {FUSION}
+    # LOCO over the two development centers ranked the imaging models; both CVs are reported
+    assert metrics["ranking"]["strategy"] == "loco" and metrics["ranking"]["centers"] == ["A", "B"]
+    assert all(m["loco_auc_mean"] is not None for m in metrics["imaging_models"])
+    assert metrics["baseline"]["fitted"] and metrics["baseline"]["n_features"] == 18
+    assert BASELINE in metrics["models"] and "\n| First-order baseline |" in \
+        (run_dir / "tables.md").read_text()
     md = (run_dir / "tables.md").read_text()
     assert md.count("**Table ") == 2 and md.count("\n| Fusion |") == 2
     assert f"| {s.metrics[FUSION]['test']['auc']:.3f} (" in md
@@ -418,8 +431,24 @@ def test_no_leakage_from_validation_and_test_rows(small_protocol) -> None:
     for a, b in ((f2.fusion_pipeline_, fusion.fusion_pipeline_), (again.clinical, base.clinical)):
         assert np.allclose(a[-1].coef_, b[-1].coef_) and np.allclose(a[-1].intercept_, b[-1].intercept_)
     assert again.best.cross.fold_aucs == base.best.cross.fold_aucs
+    assert again.best.loco.center_aucs == base.best.loco.center_aucs
     assert again.metrics["Fusion"]["train"] == base.metrics["Fusion"]["train"]
     assert again.metrics["Fusion"]["test"] != base.metrics["Fusion"]["test"]
+    # the first-order baseline, too, learnt from the training rows only
+    assert np.allclose(again.baseline.final[-1].coef_, base.baseline.final[-1].coef_)
+    b_scaler = base.baseline.final.named_steps["scale"]
+    assert np.allclose(b_scaler.mean_, train[base.baseline.columns].mean())
+
+
+def test_baseline_views_come_from_feast_when_no_imaging_model_uses_them(small_protocol) -> None:
+    """The small study's only imaging model is overall hybrid; the baseline also needs
+    rad_tumor_t1c, read through the same point-in-time join, first-order columns only."""
+    study, frame, _, result = small_protocol
+    assert "rad_tumor_t1c" not in study.imaging_views()
+    tumor = [c for c in frame.columns if c.startswith("rad_tumor_t1c__")]
+    assert tumor == [f for f in feature_names("rad_tumor_t1c") if "__original__firstorder__" in f]
+    assert result.baseline.columns[-len(tumor):] == tumor
+    assert not any(c.startswith(("rad_edema", "dl_tumor")) for c in frame.columns)
 
 
 def test_fusion_fit_equals_protocol_cross_fit(small_protocol) -> None:

@@ -24,6 +24,7 @@ import pandas as pd
 
 from atrx.errors import ExitCode
 from training.dataset import LABEL, Split, TrainingFrame
+from training.diagnostics import Diagnostics
 from training.protocol import CLINICAL, FUSION, SETS, ProtocolResult
 from training.study import DEFAULT_STUDY_PATH, StudyConfig
 
@@ -97,6 +98,8 @@ class TrainSummary:
     metrics: dict[str, dict[str, Any]]  # model label -> set -> binary metrics, in table order
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    #: how the best imaging model was chosen, e.g. "; ranked by mean leave-one-center-out AUC: 0.71"
+    ranking_note: str = ""
     exit_code: ExitCode = ExitCode.OK
 
     def tables(self) -> list[Table]:
@@ -130,7 +133,8 @@ class TrainSummary:
             ("patients dropped (missing features)", str(self.data.get("patients_dropped"))
              + (f": {dropped}" if dropped else "")),
             ("sets", sets),
-            ("best imaging model", f"{self.best_imaging_model} (CV AUC {self.best_imaging_cv_auc:.3f})"),
+            ("best imaging model", f"{self.best_imaging_model} (random CV AUC "
+                                   f"{self.best_imaging_cv_auc:.3f}{self.ranking_note})"),
             *((f"fusion AUC ({s})", _auc_ci(fusion[s])) for s in SETS if s in fusion),
             ("candidate", self.tag),
             ("report", self.report_path),
@@ -152,6 +156,7 @@ class TrainingRun:
     library_versions: dict[str, str]
     timings: dict[str, float] = field(default_factory=dict)
     tag: str = ""  # the registry's tag, once the candidate is saved
+    diagnostics: Diagnostics | None = None  # feature shift and selection stability (the report)
 
     @property
     def report_path(self) -> Path:
@@ -224,11 +229,15 @@ class TrainingRun:
             "split": self.split_summary,
             "library_versions": self.library_versions,
             **self.result.to_json(),
+            "diagnostics": None if self.diagnostics is None else self.diagnostics.to_json(),
             "timings": dict(self.timings),
         }
 
     def report_content(self) -> dict[str, Any]:
-        """What :func:`training.report.render_report` lays out (metrics, tests, curves, meta)."""
+        """What :func:`training.report.render_report` lays out (metrics, tests, curves, meta,
+        the transfer sections)."""
+        from training.transfer import ranked_by, ranking_record, transfer_check
+
         result, study = self.result, self.study
         meta = {
             "title": f"ATRX Fusion: training run {self.run_id}",
@@ -239,8 +248,8 @@ class TrainingRun:
             "sets": ", ".join(f"{s}: {n['n']} ({n['n_pos']} mutant)" for s, n in self.sets.items()),
             "patients dropped (missing features)": f"{self.data_summary['patients_dropped']} "
                                                    f"{self.data.dropped_counts() or ''}",
-            "best imaging model": f"{self.best_label} (mean {study.imaging.cv_folds}-fold "
-                                  f"CV AUC {result.best.cv_auc:.3f})",
+            "best imaging model": f"{self.best_label} (mean random {study.imaging.cv_folds}-fold "
+                                  f"CV AUC {result.best.cv_auc:.3f})" + ranked_by(result),
             "classifiers on its features (CV AUC)": ", ".join(
                 f"{c['classifier'].upper()} {c['cv_auc_mean']:.3f}"
                 for c in result.classifier_comparison),
@@ -254,10 +263,15 @@ class TrainingRun:
             "calibration": result.calibration,
             "decision_curve": result.decision_curve,
             "meta": meta,
+            "transfer_check": transfer_check(result),
+            "ranking": ranking_record(result),
+            "diagnostics": None if self.diagnostics is None else self.diagnostics.to_json(),
         }
 
     def summary(self, seconds: float) -> TrainSummary:
         """The CLI's view of the run (``seconds``: wall time so far)."""
+        from training.transfer import ranked_by
+
         return TrainSummary(
             run_id=self.run_id,
             run_dir=str(self.run_dir),
@@ -274,6 +288,7 @@ class TrainingRun:
             metrics=self.table_metrics(),
             seconds=seconds,
             timings=self.timings,
+            ranking_note=ranked_by(self.result),
         )
 
     def catalog_counts(self) -> dict[str, Any]:
@@ -330,14 +345,17 @@ def write_tables(run_dir: Path, summary: TrainSummary) -> Path:
     return path
 
 
-def write_figures(result: ProtocolResult, out: Path) -> dict[str, Path]:
+def write_figures(
+    result: ProtocolResult, out: Path, diagnostics: Diagnostics | None = None
+) -> dict[str, Path]:
     """One PNG per figure of the paper (ROC, calibration, decision and clinical impact curves,
-    nomogram) in ``out``; returns report key -> file."""
+    nomogram) in ``out``, and the feature-shift small multiples; returns report key -> file."""
     from training.evaluation import roc_curve_data
     from training.figures import (
         plot_calibration,
         plot_clinical_impact,
         plot_decision_curve,
+        plot_feature_shift,
         plot_nomogram,
         plot_roc,
     )
@@ -374,4 +392,8 @@ def write_figures(result: ProtocolResult, out: Path) -> dict[str, Path]:
     ticks = {k: v for k, v in {"sex": [0, 1], "who_grade": [3, 4]}.items() if k in nomo.coefs}
     figs["nomogram"] = plot_nomogram(nomo, out / "nomogram.png", labels=_NOMOGRAM_LABELS,
                                      ticks=ticks, title="Nomogram of the fusion model")
+    if diagnostics is not None and diagnostics.shift.features:
+        figs["feature_shift"] = plot_feature_shift(
+            [f.to_json() for f in diagnostics.shift.features], out / "feature_shift.png",
+            title=f"Most shifted inputs of {diagnostics.model} and the fusion")
     return figs

@@ -24,6 +24,7 @@ from sklearn.model_selection import train_test_split
 from atrx.errors import DataError
 from atrx.pseudonym import Pseudonym
 from atrx.workspace import Workspace
+from training.baseline import firstorder_columns
 from training.fusion import encode_clinical
 from training.study import StudyConfig
 
@@ -151,7 +152,7 @@ def training_frame(
 
     Columns: ``patient_id``, ``center``, ``event_timestamp``, ``atrx_mutant`` (0/1), the clinical
     variables (``sex`` 0 = female / 1 = male), then every imaging feature of the views the study's
-    imaging models use (float64). Rows with any missing value are dropped and reported in
+    imaging models use, and the first-order features of the baseline's other views (float64). Rows with any missing value are dropped and reported in
     ``dropped`` with the reason (no features of a view at the pathology date, clinical value
     missing, label missing).
     """
@@ -174,14 +175,16 @@ def training_frame(
         )
     versions = registered_versions(ws)
     imaging_views = study.imaging_views()
-    views = [*imaging_views, CLINICAL_VIEW, LABELS_VIEW]
-    missing_views = [v for v in views if v not in versions]
+    required = [*imaging_views, CLINICAL_VIEW, LABELS_VIEW]
+    missing_views = [v for v in required if v not in versions]
     if missing_views:
         raise TrainingDataError(
             f"feature views {missing_views} are not registered with Feast in {ws.home} "
             f"(registered: {sorted(versions)}); run the features stage, or drop the imaging "
             "models that need them from the study file"
         )
+    baseline_only = _baseline_only_views(study, imaging_views, versions)
+    views = [*imaging_views, *baseline_only, CLINICAL_VIEW, LABELS_VIEW]
     raw = historical_features(ws, entities, views=views)
 
     imaging_columns = {v: [c for c in raw.columns if c.startswith(f"{v}__")] for v in imaging_views}
@@ -189,6 +192,11 @@ def training_frame(
     if empty:
         raise TrainingDataError(f"feature views {empty} have no feature columns",
                                 fix="run `atrx features` again for these views")
+    # a view only the baseline reads contributes its first-order columns only, so a missing
+    # texture feature there never drops a patient from the paper's models
+    # (none at all: the baseline is skipped, see training.baseline.baseline_problem)
+    imaging_columns |= {v: cols for v in baseline_only
+                        if (cols := firstorder_columns(raw.columns, [v]))}
     clinical = encode_clinical(raw, list(study.clinical_variables))
     reasons: list[tuple[str, str]] = []
     bad = np.zeros(len(raw), dtype=bool)
@@ -253,6 +261,22 @@ def training_frame(
         dropped=dropped,
         imaging_columns=imaging_columns,
     )
+
+
+def _baseline_only_views(
+    study: StudyConfig, imaging_views: list[str], versions: dict[str, str]
+) -> list[str]:
+    """The registered views the first-order baseline needs beyond the imaging models' views. An
+    unregistered one is left out with a warning: the baseline is then skipped, not the run."""
+    extra = [v for v in study.feature_views() if v not in imaging_views]
+    absent = [v for v in extra if v not in versions]
+    if absent:
+        log.warning(
+            "the first-order baseline needs feature views %s, which are not registered with "
+            "Feast; it is skipped (register them with `atrx features`, or set "
+            "baseline.enabled: false in the study file)", absent,
+        )
+    return [v for v in extra if v in versions]
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""PNG figures of the paper (ROC, calibration, decision curve, clinical impact, nomogram).
+"""PNG figures of the paper (ROC, calibration, decision curve, clinical impact, nomogram), and
+the per-center feature shift of the transfer diagnostics (:mod:`training.diagnostics`).
 
 Each writer takes plain data (the dicts of :mod:`training.evaluation`) and an output path and
 returns the path. Figures are drawn on ``matplotlib.figure.Figure`` with an explicit Agg canvas
@@ -9,6 +10,7 @@ safe in servers, threads and headless workers.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ __all__ = [
     "plot_calibration",
     "plot_clinical_impact",
     "plot_decision_curve",
+    "plot_feature_shift",
     "plot_nomogram",
     "plot_roc",
 ]
@@ -243,4 +246,50 @@ def plot_nomogram(
     if placed:
         ruler(len(names) + 2, [x for _, x in placed], [f"{p:g}" for p, _ in placed], "Probability")
     ax.set_title(title, fontsize=10)
+    return _save(fig, out_path)
+
+
+def _wrap(text: str, width: int = 34) -> str:
+    """Break a long feature name at its separators so a small-multiple title stays readable."""
+    parts = [p for p in re.split(r"(?<=__)|(?<=_)", text) if p]
+    lines, line = [], ""
+    for part in parts:
+        if line and len(line) + len(part) > width:
+            lines.append(line)
+            line = ""
+        line += part
+    return "\n".join([*lines, line])
+
+
+def plot_feature_shift(
+    features: Sequence[Mapping[str, Any]],
+    out_path: str | os.PathLike[str],
+    top: int = 6,
+    title: str = "Per-center distributions of the most shifted features",
+) -> Path:
+    """Small multiples: one box plot per center for each of the ``top`` first ``features``
+    (dicts of :meth:`training.diagnostics.FeatureShift.to_json`, sorted by shift), test centers in
+    orange, the standardised mean difference of the most shifted test center in the title."""
+    shown = list(features)[:top]
+    if not shown:
+        raise ValueError("features is empty.")
+    ncols = min(3, len(shown))
+    nrows = -(-len(shown) // ncols)
+    fig = _figure(3.6 * ncols, 3.0 * nrows + 0.5)
+    for i, feat in enumerate(shown, start=1):
+        ax = fig.add_subplot(nrows, ncols, i)
+        centers = feat["centers"]
+        boxes = [{**c["box"], "mean": c["mean"], "label": f"{c['center']}\n(n={c['n']})"}
+                 for c in centers]
+        drawn = ax.bxp(boxes, showmeans=True, showfliers=False, patch_artist=True,
+                       medianprops={"color": "black"},
+                       meanprops={"marker": "D", "markersize": 4, "markerfacecolor": "black"})
+        for patch, c in zip(drawn["boxes"], centers, strict=True):
+            patch.set_facecolor("tab:orange" if c["role"] == "test" else "tab:blue")
+            patch.set_alpha(0.6)
+        shift = feat.get("shift")
+        head = _wrap(str(feat["feature"]))
+        ax.set_title(head if shift is None else f"{head}\n|SMD| {shift:.2f}", fontsize=7)
+        ax.tick_params(labelsize=7)
+    fig.suptitle(f"{title} (blue: development centers, orange: test)", fontsize=9)
     return _save(fig, out_path)

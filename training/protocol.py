@@ -4,19 +4,24 @@ one's imaging score, the clinical model, the fusion model, and the paper's whole
 Steps (all fitting on the training rows only; validation and test rows are only scored):
 
 1. each imaging model (feature type x ROI, both sequences): the selection chain + LR, cross-fitted
-   with ``cv_folds`` stratified folds on the training rows (:func:`training.fusion.cross_fit`) and
-   refitted on all of them; the mean fold AUC ranks the models (the paper's criterion);
+   with ``cv_folds`` stratified folds on the training rows (:func:`training.fusion.cross_fit`),
+   and leave-one-center-out when the training rows span two or more centers
+   (:func:`training.ranking.loco_fit`), then refitted on all of them; ``imaging.ranking`` says
+   which mean AUC ranks the models (:func:`training.ranking.choose_ranking`; auto: LOCO with two
+   or more centers, else the paper's random CV);
 2. on the best model's folds, LR, RF and SVM are compared by CV AUC on the selected features
    (recorded, as the paper reports; the imaging score is the LR's linear predictor whatever wins);
-3. the clinical LR, and the fusion LR on the best model's out-of-fold imaging score + clinical
-   variables (:class:`training.fusion.FusionModel`), with its risk cutoff;
+3. the clinical LR, the first-order baseline (:mod:`training.baseline`, not in the paper), and
+   the fusion LR on the best model's out-of-fold imaging score + clinical variables
+   (:class:`training.fusion.FusionModel`), with its risk cutoff;
 4. every model on every set with :func:`training.evaluation.binary_metrics` (cutoffs fixed on
    the training rows), DeLong tests, calibration, decision curves, clinical impact and the
    fusion nomogram.
 
-Training-set metrics: imaging models are scored out-of-fold (the paper's Table 2 reports 5-fold
-cross-validation on the training set; in-sample scores of a selected model are ~1.0 and say
-nothing); the fusion model on its out-of-fold imaging scores; the 4-variable clinical LR in-sample.
+Training-set metrics: imaging models and the baseline are scored out-of-fold (random folds; the
+paper's Table 2 reports 5-fold cross-validation on the training set; in-sample scores of a
+selected model are ~1.0 and say nothing); the fusion model on its out-of-fold imaging scores; the
+4-variable clinical LR in-sample.
 """
 
 from __future__ import annotations
@@ -31,9 +36,9 @@ import numpy as np
 import pandas as pd
 from scipy.special import expit
 from sklearn.base import clone
-from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 
+from training.baseline import BASELINE, BaselineResult, baseline_problem, fit_baseline
 from training.dataset import LABEL, Split
 from training.evaluation import (
     BinaryMetrics,
@@ -44,7 +49,7 @@ from training.evaluation import (
     delong_table,
     youden_cutoff,
 )
-from training.fusion import CrossFit, FusionModel, cross_fit
+from training.fusion import FusionModel, cross_fit
 from training.models import (
     coefficients,
     make_clinical_pipeline,
@@ -52,9 +57,19 @@ from training.models import (
     make_imaging_pipeline,
     selected_features,
 )
+from training.ranking import (
+    CENTER,
+    ImagingModelResult,
+    RankingChoice,
+    choose_ranking,
+    compare_classifiers,
+    loco_fit,
+    pick_best,
+)
 from training.study import ImagingModelSpec, StudyConfig
 
 __all__ = [
+    "BASELINE",
     "CLINICAL",
     "FUSION",
     "SETS",
@@ -71,34 +86,6 @@ FUSION = "Fusion"
 CLINICAL = "Clinical"
 SETS: tuple[str, ...] = ("train", "validation", "test")
 ProgressFn = Callable[[str], None]
-
-
-@dataclass
-class ImagingModelResult:
-    """One imaging model: its columns, cross-fit on the training rows and final fit."""
-
-    spec: ImagingModelSpec
-    columns: list[str]
-    cross: CrossFit = field(repr=False)
-    final: Pipeline = field(repr=False)
-    seconds: float = 0.0
-
-    @property
-    def cv_auc(self) -> float:
-        return self.cross.mean_auc
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "name": self.spec.name,
-            "label": self.spec.label,
-            "views": list(self.spec.views),
-            "n_input_features": len(self.columns),
-            "selected_features": selected_features(self.final),
-            "coefficients": coefficients(self.final),
-            "cv_auc_mean": self.cv_auc,
-            "cv_auc_folds": list(self.cross.fold_aucs),
-            "seconds": round(self.seconds, 2),
-        }
 
 
 @dataclass
@@ -119,13 +106,18 @@ class ProtocolResult:
     calibration: dict[str, dict[str, Any]]
     decision_curve: dict[str, dict[str, Any]]
     clinical_impact: dict[str, Any]
+    ranking: RankingChoice
     imaging_score_scale: dict[str, float] = field(default_factory=dict)
+    baseline: BaselineResult | None = None
+    baseline_note: str | None = None  # why there is no baseline, when there is none
     seconds: float = 0.0
 
     @property
     def model_order(self) -> list[str]:
-        """Table order: the imaging models, then clinical, then fusion (as Tables 2-3)."""
-        return [r.spec.label for r in self.imaging] + [CLINICAL, FUSION]
+        """Table order: the imaging models, the first-order baseline (an imaging model too, when
+        fitted), then clinical and fusion, which close Tables 2-3 as in the paper."""
+        base = [BASELINE] if self.baseline is not None else []
+        return [r.spec.label for r in self.imaging] + base + [CLINICAL, FUSION]
 
     def auc(self, model: str, set_name: str) -> float | None:
         return self.metrics[model][set_name]["auc"]
@@ -133,6 +125,10 @@ class ProtocolResult:
     def headline(self) -> list[str]:
         """The three models the paper compares: fusion, best imaging, clinical."""
         return [FUSION, self.best.spec.label, CLINICAL]
+
+    def compared(self) -> list[str]:
+        """The headline models plus the baseline: DeLong tests, calibration, decision curves."""
+        return self.headline() + ([BASELINE] if self.baseline is not None else [])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -143,7 +139,13 @@ class ProtocolResult:
                 "name": self.best.spec.name,
                 "label": self.best.spec.label,
                 "cv_auc_mean": self.best.cv_auc,
+                "loco_auc_mean": self.best.loco_auc,
+                "ranked_by": self.best.ranked_by,
+                "ranking_auc": self.best.ranking_auc,
             },
+            "ranking": self.ranking.to_json(),
+            "baseline": (self.baseline.summary() if self.baseline is not None
+                         else {"fitted": False, "label": BASELINE, "reason": self.baseline_note}),
             "classifier_comparison": self.classifier_comparison,
             "clinical_model": {"coefficients": coefficients(self.clinical)},
             "fusion_model": self.fusion.describe(),
@@ -200,51 +202,6 @@ def imaging_columns(frame: pd.DataFrame, spec: ImagingModelSpec) -> list[str]:
     return cols
 
 
-def _positive_scores(model: Any, X: Any) -> np.ndarray:
-    if hasattr(model, "predict_proba"):
-        return np.asarray(model.predict_proba(X), dtype=np.float64)[:, 1]
-    return np.asarray(model.decision_function(X), dtype=np.float64)
-
-
-def _compare_classifiers(
-    best: ImagingModelResult,
-    Xtr: pd.DataFrame,
-    ytr: np.ndarray,
-    Xval: pd.DataFrame,
-    yval: np.ndarray,
-    study: StudyConfig,
-) -> list[dict[str, Any]]:
-    """CV AUC of each classifier on the best model's per-fold selected features (and, for the
-    record only, its validation AUC when fitted on the final selection)."""
-    out = []
-    select_final = best.final[:-1]
-    for name in study.imaging.compare_classifiers:
-        template = imaging_template(study, name)[-1]
-        if name == "lr":
-            aucs = list(best.cross.fold_aucs)
-        else:
-            aucs = []
-            for (train, test), fold_model in zip(best.cross.folds, best.cross.fold_models, strict=True):
-                select = fold_model[:-1]
-                clf = clone(template).fit(select.transform(Xtr.iloc[train]), ytr[train])
-                scores = _positive_scores(clf, select.transform(Xtr.iloc[test]))
-                aucs.append(float(roc_auc_score(ytr[test], scores)))
-        clf = clone(template).fit(select_final.transform(Xtr), ytr)
-        val_auc = None
-        if np.unique(yval).size == 2:
-            val_auc = float(roc_auc_score(yval, _positive_scores(clf, select_final.transform(Xval))))
-        out.append(
-            {
-                "classifier": name,
-                "cv_auc_mean": float(np.mean(aucs)),
-                "cv_auc_folds": aucs,
-                "validation_auc": val_auc,
-                "used_for_imaging_score": name == "lr",
-            }
-        )
-    return out
-
-
 def _delong(y: np.ndarray, scores: dict[str, np.ndarray], set_name: str) -> list[dict[str, Any]]:
     """Pairwise DeLong tests, or none when a set has fewer than 2 cases of a class."""
     if min(int(np.sum(y == 1)), int(np.sum(y == 0))) < 2:
@@ -277,6 +234,13 @@ def _score_scale(oof: np.ndarray, final: np.ndarray) -> dict[str, float]:
     return {"oof_sd": oof_sd, "final_sd": final_sd, "ratio": ratio}
 
 
+def _centers(train: pd.DataFrame) -> np.ndarray:
+    """Each training row's center (one pseudo-center when the frame has no ``center`` column)."""
+    if CENTER not in train.columns:
+        return np.full(len(train), "unknown")
+    return train[CENTER].astype(str).to_numpy()
+
+
 def run_protocol(
     frame: pd.DataFrame,
     split: Split,
@@ -293,8 +257,11 @@ def run_protocol(
     y = {s: y_all[idx] for s, idx in rows.items()}
     train = parts["train"]
     template = imaging_template(study)
+    centers = _centers(train)
+    ranking = choose_ranking(study.imaging.ranking, centers, y["train"], study.imaging.cv_folds)
+    loco_groups = centers if ranking.loco_possible else None
 
-    # 1. the imaging models, ranked by mean CV AUC on the training rows
+    # 1. the imaging models: random CV, LOCO CV when possible, final fit; ranked per `ranking`
     imaging: list[ImagingModelResult] = []
     specs = study.imaging_models()
     for i, spec in enumerate(specs, start=1):
@@ -304,24 +271,37 @@ def run_protocol(
             template, train[cols], y["train"], folds=study.imaging.cv_folds,
             random_state=study.seeds.cv,
         )
+        loco = None if loco_groups is None else loco_fit(template, train[cols], y["train"],
+                                                          loco_groups)
         final = clone(template).fit(train[cols], y["train"])
-        result = ImagingModelResult(spec, cols, crossed, final, time.perf_counter() - t)
+        result = ImagingModelResult(spec, cols, crossed, final, time.perf_counter() - t, loco,
+                                    ranking.strategy)
         imaging.append(result)
-        log.info("imaging model %s: CV AUC %.3f (%d features in, %d selected, %.1fs)",
-                 spec.label, result.cv_auc, len(cols), len(selected_features(final)), result.seconds)
-        say(f"imaging model {i}/{len(specs)} {spec.label}: mean CV AUC {result.cv_auc:.3f}, "
-            f"{len(selected_features(final))} of {len(cols)} features kept ({result.seconds:.0f} s)")
-    best = max(imaging, key=lambda r: r.cv_auc)  # first of equals: the table order decides ties
+        kept = len(selected_features(final))
+        loco_text = "" if result.loco_auc is None else f", LOCO AUC {result.loco_auc:.3f}"
+        log.info("imaging model %s: CV AUC %.3f%s (%d features in, %d selected, %.1fs)",
+                 spec.label, result.cv_auc, loco_text, len(cols), kept, result.seconds)
+        say(f"imaging model {i}/{len(specs)} {spec.label}: mean CV AUC {result.cv_auc:.3f}"
+            f"{loco_text}, {kept} of {len(cols)} features kept ({result.seconds:.0f} s)")
+    best = pick_best(imaging)
 
     # 2. classifiers compared on the best feature set
-    comparison = _compare_classifiers(
+    comparison = compare_classifiers(
         best, train[best.columns], y["train"], parts["validation"][best.columns], y["validation"],
-        study,
+        {name: imaging_template(study, name)[-1] for name in study.imaging.compare_classifiers},
     )
 
-    # 3. clinical and fusion models
+    # 3. clinical, first-order baseline and fusion models
     clinical_cols = list(study.clinical_variables)
     clinical_model = make_clinical_pipeline(clinical_cols).fit(train[clinical_cols], y["train"])
+    baseline, baseline_note = None, baseline_problem(frame.columns, study)
+    if baseline_note is None:
+        baseline = fit_baseline(train, y["train"], study, loco_groups)
+        loco_text = "" if baseline.loco_auc is None else f", LOCO AUC {baseline.loco_auc:.3f}"
+        say(f"{BASELINE}: {len(baseline.columns)} features, mean CV AUC {baseline.cv_auc:.3f}"
+            f"{loco_text}")
+    elif study.baseline.enabled:
+        log.warning("no first-order baseline: %s", baseline_note)
     fusion = FusionModel(
         imaging_pipeline=template,
         fusion_pipeline=make_fusion_pipeline(("imaging_score", *clinical_cols)),
@@ -331,16 +311,18 @@ def run_protocol(
         cv=study.imaging.cv_folds,
         random_state=study.seeds.cv,
     ).fit_from_cross_fit(train, y["train"], best.cross, best.final)
-    say(f"best imaging model {best.spec.label}; classifiers compared; clinical and fusion "
-        "models fitted")
+    say(f"best imaging model {best.spec.label} (ranked by {ranking.reason}); classifiers "
+        "compared; clinical and fusion models fitted")
     scale = _score_scale(best.cross.oof_scores, fusion.imaging_score(train))
 
     # 4. probabilities of every model on every set
     probs: dict[str, dict[str, np.ndarray]] = {s: {} for s in SETS}
-    for r in imaging:
-        probs["train"][r.spec.label] = expit(r.cross.oof_scores)
+    scored: list[tuple[str, Any, list[str]]] = [(r.spec.label, r, r.columns) for r in imaging]
+    scored += [(BASELINE, baseline, baseline.columns)] if baseline is not None else []
+    for label, r, cols in scored:  # out-of-fold on the training rows, as the paper's Table 2
+        probs["train"][label] = expit(r.cross.oof_scores)
         for s in ("validation", "test"):
-            probs[s][r.spec.label] = r.final.predict_proba(parts[s][r.columns])[:, 1]
+            probs[s][label] = r.final.predict_proba(parts[s][cols])[:, 1]
     for s in SETS:
         probs[s][CLINICAL] = clinical_model.predict_proba(parts[s][clinical_cols])[:, 1]
         probs[s][FUSION] = (
@@ -348,14 +330,14 @@ def run_protocol(
             if s == "train"
             else fusion.predict_proba(parts[s])[:, 1]
         )
-    models = [r.spec.label for r in imaging] + [CLINICAL, FUSION]
+    models = [label for label, _, _ in scored] + [CLINICAL, FUSION]
     cutoffs = {m: youden_cutoff(y["train"], probs["train"][m]) for m in models if m != FUSION}
     cutoffs[FUSION] = fusion.cutoff_
     metrics = {m: {s: binary_metrics(y[s], probs[s][m], cutoffs[m]) for s in SETS} for m in models}
 
-    headline = [FUSION, best.spec.label, CLINICAL]
+    compared = [FUSION, best.spec.label, CLINICAL] + ([BASELINE] if baseline is not None else [])
     delong = [
-        row for s in SETS for row in _delong(y[s], {m: probs[s][m] for m in headline}, s)
+        row for s in SETS for row in _delong(y[s], {m: probs[s][m] for m in compared}, s)
     ]
     delong_imaging = [
         row
@@ -374,10 +356,13 @@ def run_protocol(
         metrics=metrics,
         delong=delong,
         delong_imaging=delong_imaging,
-        calibration={m: {s: calibration(y[s], probs[s][m]) for s in SETS} for m in headline},
-        decision_curve={m: {s: decision_curve(y[s], probs[s][m]) for s in SETS} for m in headline},
+        calibration={m: {s: calibration(y[s], probs[s][m]) for s in SETS} for m in compared},
+        decision_curve={m: {s: decision_curve(y[s], probs[s][m]) for s in SETS} for m in compared},
         clinical_impact={s: clinical_impact(y[s], probs[s][FUSION]) for s in ("validation", "test")},
+        ranking=ranking,
         imaging_score_scale=scale,
+        baseline=baseline,
+        baseline_note=baseline_note,
     )
     result.seconds = time.perf_counter() - t0
     return result

@@ -36,6 +36,8 @@ FIGURE_CAPTIONS: dict[str, str] = {
     "decision_curve_test": "Figure 5c. Decision curves in the test set.",
     "clinical_impact": "Figure 5d. Clinical impact curve of the fusion model.",
     "nomogram": "Figure 6. Nomogram of the fusion model.",
+    "feature_shift": "Figure S1. Per-center distributions (box plots; diamond: mean) of the most "
+                     "shifted selected features and fusion inputs.",
 }
 
 _MIME = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".svg": "image/svg+xml"}
@@ -52,6 +54,8 @@ caption { caption-side: top; text-align: left; font-weight: 600; padding-bottom:
 figure { margin: 1.5em 0; } figure img { max-width: 100%; border: 1px solid #ddd; }
 figcaption { font-size: 0.9em; color: #444; }
 .note { font-size: 0.85em; color: #555; }
+.warn { background: #fff3cd; border-left: 4px solid #e0a800; padding: 0.5em 0.8em; }
+td.shift { background: #fde2e1; font-weight: 600; }
 """
 
 
@@ -226,6 +230,7 @@ def render_report(
           "calibration": {model_name: {set_name: calibration(...)}},
           "decision_curve": {model_name: {set_name: decision_curve(...)}},
           "meta": {"title": str, any other key: scalar shown as-is},
+          "transfer_check" | "ranking" | "diagnostics": see training.report_diagnostics,
         }
 
     ``binary_metrics`` dicts need ``sensitivity``, ``specificity``, ``accuracy``, ``auc`` and
@@ -233,8 +238,11 @@ def render_report(
     ``validation`` and ``test``. ``figures`` maps a key to a PNG/JPEG/SVG file; known keys (see
     ``FIGURE_CAPTIONS``: ``roc_train``, ``roc_validation``, ``roc_test``, ``calibration[_set]``,
     ``decision_curve[_set]``, ``clinical_impact``, ``nomogram``) are placed in the paper's order
-    with its figure numbers, other keys after them with the key as caption.
+    with its figure numbers, other keys after them with the key as caption; ``feature_shift``
+    sits beside the shift table when ``diagnostics`` is given.
     """
+    from training.report_diagnostics import SHIFT_FIGURE, transfer_sections
+
     models = metrics.get("models") or {}
     meta = metrics.get("meta") or {}
     title = str(meta.get("title", "ATRX Fusion: model performance report"))
@@ -253,6 +261,7 @@ def render_report(
         _performance_table(models, ("test",), "Table 3. Performance of the models in the test set"),
         '<p class="note">Sensitivity, specificity and accuracy at the cutoff chosen on the training '
         "set; AUC with DeLong 95% confidence interval.</p>",
+        *transfer_sections(metrics, figures, _figure_html),
     ]
     if metrics.get("delong") is not None:
         parts += ["<h2>Model comparison</h2>", _delong_table(metrics["delong"])]
@@ -260,7 +269,8 @@ def render_report(
         parts += ["<h2>Calibration</h2>", _calibration_table(metrics["calibration"])]
     if metrics.get("decision_curve"):
         parts += ["<h2>Clinical usefulness</h2>", _decision_table(metrics["decision_curve"])]
-    ordered = [k for k in FIGURE_CAPTIONS if k in figures] + [
+    placed = {SHIFT_FIGURE} if metrics.get("diagnostics") else set()
+    ordered = [k for k in FIGURE_CAPTIONS if k in figures and k not in placed] + [
         k for k in figures if k not in FIGURE_CAPTIONS
     ]
     if ordered:

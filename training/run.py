@@ -1,10 +1,11 @@
 """A training run: ``run_train`` (one study run -> report + registered candidate).
 
 The run reads the labels known at ``as_of`` and their point-in-time features through Feast, runs
-the study protocol, and hands the facts to :mod:`training.artifacts` (one record, projected into
-the model metadata, ``metrics.json``, ``report.html``, ``tables.md`` and the summary) and to the
-registry (:mod:`atrx.registry`). It writes ``<home>/runs/<run_id>/`` and records itself in the
-catalog's ``runs`` table (stage ``train``). The catalog is opened only to start and to finish a
+the study protocol and its transfer diagnostics (:mod:`training.diagnostics`), and hands the
+facts to :mod:`training.artifacts` (one record, projected into the model metadata,
+``metrics.json``, ``report.html``, ``tables.md`` and the summary) and to the registry
+(:mod:`atrx.registry`). It writes ``<home>/runs/<run_id>/`` and records itself in the catalog's
+``runs`` table (stage ``train``). The catalog is opened only to start and to finish a
 run, so a long training never holds DuckDB's write lock.
 
 ``run_train`` raises ``ConfigError`` / ``TrainingDataError`` (exit code 2, bad input) and returns
@@ -32,6 +33,7 @@ from training.artifacts import (
     write_tables,
 )
 from training.dataset import resolve_as_of, split, training_frame
+from training.diagnostics import diagnose
 from training.protocol import ProgressFn, run_protocol
 from training.study import StudyConfig, load_study
 
@@ -85,13 +87,16 @@ def train(
         t = time.perf_counter()
         result = run_protocol(data.frame, sp, study, progress=say)
         timings["protocol"] = time.perf_counter() - t
-        say(f"protocol done ({timings['protocol']:.0f} s); writing figures, report and model")
+        # transfer diagnostics (its own time is in metrics.json's diagnostics.seconds)
+        diagnostics = diagnose(data.frame, sp, result, study, progress=say)
+        say(f"protocol done ({timings['protocol']:.0f} s, diagnostics {diagnostics.seconds:.0f} s);"
+            " writing figures, report and model")
 
         run = TrainingRun(run_id, study, study_path, data, sp, result, Path(ws.runs) / run_id,
-                          libraries, timings)
+                          libraries, timings, diagnostics=diagnostics)
         t = time.perf_counter()
         run.run_dir.mkdir(parents=True, exist_ok=True)
-        figures = write_figures(result, run.run_dir)
+        figures = write_figures(result, run.run_dir, diagnostics)
         timings["figures"] = time.perf_counter() - t
         t = time.perf_counter()
         run.tag = registry.save_candidate(ws, result.fusion, run.model_metadata(),

@@ -22,6 +22,11 @@ def synth(
     scale: Annotated[float, typer.Option("--scale", min=0.01, help="multiply every count of Table 1")] = 1.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     workers: WorkersOpt = None,
+    center_effects: Annotated[bool, typer.Option(
+        "--center-effects/--no-center-effects",
+        help="per-center acquisition and annotation differences (bias, field strength, contrast, "
+             "slice thickness, mask margins; docs/synthetic_cohort.md); off reproduces, byte for byte, "
+             "the cohort generated before they existed")] = True,
 ) -> None:
     """Write a synthetic three-center export (DICOM, NIfTI, NRRD, CSV/XLSX) shaped like Table 1."""
     from atrx.cluster import default_workers
@@ -31,9 +36,10 @@ def synth(
     con = console()
     with progress_bar(con, "synthesising patients", 1) as update:
         summary = generate_cohort(out, scale=scale, seed=seed, workers=workers or default_workers(),
-                                  progress=lambda d, t: update(d, t, ""))
+                                  progress=lambda d, t: update(d, t, ""), center_effects=center_effects)
     print_cohort(con, summary)
     con.print(kv_table("summary", [("written to", out.resolve()), ("seconds", f"{summary.seconds:.1f}"),
+                                   ("center effects", "on" if center_effects else "off"),
                                    ("center files", out.resolve() / "centers")]))
 
 

@@ -4,8 +4,9 @@ See docs/synthetic_cohort.md for the model (latent ATRX signal, formats, planted
 """
 
 from ingest.synth.centers import CENTERS, center_config, center_yaml, write_center_configs
-from ingest.synth.cohort import TABLE1, clinical_table, cohort_plan, truth_table
+from ingest.synth.cohort import TABLE1, clinical_table, cohort_plan, rescan, truth_table
 from ingest.synth.dicom import write_dicom_series
+from ingest.synth.effects import EFFECTS, NO_EFFECTS, CenterEffects, effects_for
 from ingest.synth.export import (
     CohortSummary,
     PatientResult,
@@ -18,8 +19,11 @@ from ingest.synth.phantom import LATENT, HeadParams, synth_head
 
 __all__ = [
     "CENTERS",
+    "EFFECTS",
     "LATENT",
+    "NO_EFFECTS",
     "TABLE1",
+    "CenterEffects",
     "CohortSummary",
     "HeadParams",
     "PatientResult",
@@ -27,8 +31,10 @@ __all__ = [
     "center_yaml",
     "clinical_table",
     "cohort_plan",
+    "effects_for",
     "generate_cohort",
     "render_patient",
+    "rescan",
     "synth_head",
     "truth_table",
     "write_center_configs",

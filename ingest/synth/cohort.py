@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -16,6 +16,7 @@ import pandas as pd
 
 from ingest.synth.acquire import Motion, draw_motion
 from ingest.synth.centers import CENTERS, SPECS
+from ingest.synth.effects import CenterEffects, effects_for
 from ingest.synth.phantom import LATENT, HeadParams, draw_head_params
 
 GROUPS = ("mutant", "wildtype")  # "ATRX(+)" in the paper is the mutant (loss of expression)
@@ -159,6 +160,7 @@ class PatientPlan:
     t2f_tilt_deg: float
     fov_shift_mm: tuple[float, float, float]
     gain_jitter: tuple[float, float]  # t1c, t2f
+    effects: CenterEffects  # the center's acquisition and annotation effects (or NO_EFFECTS)
 
     @property
     def mutant(self) -> bool:
@@ -200,8 +202,13 @@ def _birth_date(scan: dt.date, age: int, days_before: int) -> dt.date:
     return anniversary - dt.timedelta(days=days_before)
 
 
-def center_plan(center: str, scale: float = 1.0, seed: int = 0) -> list[PatientPlan]:
-    """The patients of one center, in ``patient_index`` order."""
+def center_plan(center: str, scale: float = 1.0, seed: int = 0, center_effects: bool = True) -> list[PatientPlan]:
+    """The patients of one center, in ``patient_index`` order.
+
+    ``center_effects`` only chooses how they are acquired and annotated: every other field, the
+    ATRX label and the latent properties included, is the same either way.
+    """
+    fx = effects_for(center, center_effects)
     ci = CENTERS.index(center)
     table = clinical_table(scale, seed, centers=(center,))
     spec = SPECS[center]
@@ -242,13 +249,28 @@ def center_plan(center: str, scale: float = 1.0, seed: int = 0) -> list[PatientP
             t2f_tilt_deg=float(params_rng.uniform(lo, hi)) if hi > 0 else 0.0,
             fov_shift_mm=tuple(float(v) for v in params_rng.uniform(-4.0, 4.0, 3)),
             gain_jitter=(float(np.exp(params_rng.normal(0, 0.1))), float(np.exp(params_rng.normal(0, 0.1)))),
+            effects=fx,
         ))
     return plans
 
 
-def cohort_plan(scale: float = 1.0, seed: int = 0, centers: tuple[str, ...] = CENTERS) -> list[PatientPlan]:
+def cohort_plan(scale: float = 1.0, seed: int = 0, centers: tuple[str, ...] = CENTERS,
+                center_effects: bool = True) -> list[PatientPlan]:
     """All patients of ``centers``; a center's plan does not depend on which others are drawn."""
-    return [p for c in CENTERS if c in centers for p in center_plan(c, scale, seed)]
+    return [p for c in CENTERS if c in centers for p in center_plan(c, scale, seed, center_effects)]
+
+
+def rescan(plan: PatientPlan, center: str, center_effects: bool = True) -> PatientPlan:
+    """The same patient planned for acquisition at ``center``: a travelling-subject scan.
+
+    Anatomy, tumour, latent ATRX properties, motion and gain jitter stay; the scanner, grids,
+    effects and annotators become ``center``'s. Fine texture detail is redrawn (the render stream
+    is keyed by center), so use it to measure center effects on identical patients, not as a file
+    of the cohort. An oblique center gets the middle of its tilt range when the plan had none.
+    """
+    lo, hi = SPECS[center].t2f.tilt_deg
+    tilt = 0.0 if not hi else plan.t2f_tilt_deg if plan.center == center else (lo + hi) / 2.0
+    return replace(plan, center=center, effects=effects_for(center, center_effects), t2f_tilt_deg=tilt)
 
 
 def truth_row(plan: PatientPlan) -> dict[str, Any]:

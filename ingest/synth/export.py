@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import json
 import multiprocessing
 import re
 import shutil
@@ -25,6 +26,7 @@ from ingest.synth.acquire import Grid, plan_grid, sample, scanner, tilt_directio
 from ingest.synth.centers import CENTERS, SPECS, SeriesSpec, write_center_configs
 from ingest.synth.cohort import PatientPlan, center_plan, cohort_plan, rng_for, truth_row
 from ingest.synth.dicom import safe_name, write_dicom_series
+from ingest.synth.effects import annotate, center_spec, effects_for
 from ingest.synth.phantom import (
     EDEMA,
     LESION_LABELS,
@@ -61,9 +63,10 @@ class RenderedPatient:
 
 
 def _acquire(truth: sitk.Image, spec: SeriesSpec, grid: Grid, plan: PatientPlan, gain: float,
-             rng: np.random.Generator, transform: sitk.Transform | None = None) -> Acquired:
+             rng: np.random.Generator, transform: sitk.Transform | None = None, gamma: float = 1.0) -> Acquired:
     signal = sample(truth, grid, thickness=spec.thickness, transform=transform)
-    _, values = scanner(signal, grid, spec, np.asarray(plan.head.head_center), gain, rng)
+    _, values = scanner(signal, grid, spec, np.asarray(plan.head.head_center), gain, rng, gamma=gamma,
+                        bias_strength=plan.effects.bias_strength)
     return Acquired(spec, grid, values)
 
 
@@ -79,8 +82,8 @@ def _localizer_grids(spec: SeriesSpec, center: np.ndarray) -> list[Grid]:
 
 
 def render_patient(plan: PatientPlan) -> RenderedPatient:
-    """Synthesize the truth head and acquire every series of the patient's center."""
-    spec = SPECS[plan.center]
+    """Synthesize the truth head and acquire every series of the patient's center (with its effects)."""
+    spec, fx = center_spec(plan.center, plan.effects), plan.effects
     rng = rng_for(plan.seed, "render", CENTERS.index(plan.center), plan.index)
     truth = synth_head(plan.head, rng)
     volumes = label_volumes_ml(truth["labels"])
@@ -90,20 +93,21 @@ def render_patient(plan: PatientPlan) -> RenderedPatient:
     g2 = plan_grid(spec.t2f, head_center - shift,
                    tilt_direction(plan.t2f_tilt_deg) if plan.t2f_tilt_deg else None)
     motion = plan.motion.transform()
-    t1c = _acquire(truth["t1c"], spec.t1c, g1, plan, plan.gain_jitter[0], rng)
-    t2f = _acquire(truth["t2f"], spec.t2f, g2, plan, plan.gain_jitter[1], rng, motion)
+    t1c = _acquire(truth["t1c"], spec.t1c, g1, plan, plan.gain_jitter[0], rng, gamma=fx.gamma_t1c)
+    t2f = _acquire(truth["t2f"], spec.t2f, g2, plan, plan.gain_jitter[1], rng, motion, gamma=fx.gamma_t2f)
     labels_t1c = sample(truth["labels"], g1, nearest=True)
     labels_t2f = sample(truth["labels"], g2, transform=motion, nearest=True)
     distractors: list[list[Acquired]] = []
     for d in spec.distractors:
         if d.role == "localizer":
-            parts = [_acquire(truth["t1"], d, g, plan, 1.0, rng) for g in _localizer_grids(d, center)]
+            parts = [_acquire(truth["t1"], d, g, plan, 1.0, rng, gamma=fx.gamma_t1c)
+                     for g in _localizer_grids(d, center)]
         elif d.role == "dwi":
             dwi = sitk.Cast(truth["t2f"] * 0.6 + truth["t1"] * 0.2, sitk.sitkFloat32)
             parts = [_acquire(dwi, d, plan_grid(d, np.asarray(plan.head.tumor_center)), plan, 1.0, rng)]
         else:  # pre_contrast: a short stack through the tumour
             parts = [_acquire(truth["t1"], d, plan_grid(d, np.asarray(plan.head.tumor_center)), plan,
-                              plan.gain_jitter[0], rng)]
+                              plan.gain_jitter[0], rng, gamma=fx.gamma_t1c)]
         distractors.append(parts)
     return RenderedPatient(t1c, t2f, distractors, labels_t1c, labels_t2f, volumes)
 
@@ -133,7 +137,7 @@ def _series_time(plan: PatientPlan, minutes_after: int) -> str:
 
 def _write_dicom_study(plan: PatientPlan, rendered: RenderedPatient, folder_for: Callable[[SeriesSpec], Path],
                        filename_pattern: str) -> list[Path]:
-    spec = SPECS[plan.center]
+    spec = center_spec(plan.center, plan.effects)
     study_uid = generate_uid(entropy_srcs=[str(plan.seed), plan.center, plan.patient_id, "study"])
     frame_uid = generate_uid(entropy_srcs=[study_uid, "frame"])
     patient = plan.phi()
@@ -170,10 +174,17 @@ def _write_dicom_study(plan: PatientPlan, rendered: RenderedPatient, folder_for:
 
 
 def write_rendered(plan: PatientPlan, rendered: RenderedPatient, out: Path) -> list[Path]:
-    """Write one rendered patient under ``out/<center>/`` in that center's layout."""
+    """Write one rendered patient under ``out/<center>/`` in that center's layout.
+
+    The masks are the annotators' (``plan.effects.mask_margin_vox`` in-plane voxels wider or
+    tighter than the truth); the rendered truth labels themselves are left as they are.
+    """
     spec = SPECS[plan.center]
     root = Path(out) / plan.center / plan.patient_id
     t1c, t2f = rendered.t1c, rendered.t2f
+    margin = plan.effects.mask_margin_vox
+    rendered = replace(rendered, labels_t1c=annotate(rendered.labels_t1c, margin),
+                       labels_t2f=annotate(rendered.labels_t2f, margin))
     if spec.export == "dicom_series_folders":
         files = _write_dicom_study(plan, rendered, lambda s: root / f"{s.series_number}_{safe_name(s.description)}",
                                    "IM{index:04d}.dcm")
@@ -214,13 +225,14 @@ def _render_and_write(plan: PatientPlan, out: Path) -> PatientResult:
                          {**truth_row(plan), **rendered.volumes_ml})
 
 
-def write_patient(center: str, out: Path, patient_index: int, seed: int = 0, scale: float = 1.0) -> PatientResult:
+def write_patient(center: str, out: Path, patient_index: int, seed: int = 0, scale: float = 1.0,
+                  center_effects: bool = True) -> PatientResult:
     """Write one patient of ``center`` (as drawn for ``scale``/``seed``) under ``out/<center>/<id>/``.
 
     No clinical sheet or config is written; use ``generate_cohort(..., per_center=k)`` for a small
     complete cohort.
     """
-    plans = center_plan(center, scale, seed)
+    plans = center_plan(center, scale, seed, center_effects)
     if not 0 <= patient_index < len(plans):
         raise IndexError(f"center {center} has {len(plans)} patients at scale {scale}; got index {patient_index}")
     return _render_and_write(plans[patient_index], Path(out))
@@ -316,6 +328,7 @@ class CohortSummary:
     scale: float
     seconds: float
     centers: dict[str, CenterCounts] = field(default_factory=dict)
+    center_effects: bool = True
 
     @property
     def patients(self) -> int:
@@ -353,7 +366,25 @@ def _init_worker() -> None:
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
 
-_OWNED = ("A", "B", "C", "centers", "truth.csv")
+_OWNED = ("A", "B", "C", "centers", "truth.csv", "synth.json")
+
+
+def write_manifest(out: Path, *, scale: float, seed: int, centers: tuple[str, ...], per_center: int | None,
+                   center_effects: bool) -> Path:
+    """``out/synth.json``: how the cohort was drawn, so a reader knows which center effects it has."""
+    manifest = {
+        "generator": "ingest.synth",
+        "scale": scale,
+        "seed": seed,
+        "centers": [c for c in CENTERS if c in centers],
+        "per_center": per_center,
+        "center_effects": center_effects,
+        "effects": {c: effects_for(c, center_effects).to_dict() for c in CENTERS if c in centers},
+        "docs": "docs/synthetic_cohort.md",
+    }
+    path = Path(out) / "synth.json"
+    path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return path
 
 
 def generate_cohort(
@@ -366,12 +397,16 @@ def generate_cohort(
     centers: tuple[str, ...] = CENTERS,
     per_center: int | None = None,
     overwrite: bool = False,
+    center_effects: bool = True,
 ) -> CohortSummary:
     """Write a synthetic three-center export (images, masks, clinical sheets, configs, truth.csv).
 
     ``per_center`` keeps only that many patients of each center (alternating ATRX groups) for
     quick tests; the patients are the same as in the full cohort of that ``scale``/``seed``.
-    Refuses a non-empty ``out`` unless ``overwrite`` (which removes only what this writes).
+    ``center_effects`` (default) gives each center its own acquisition and annotation habits
+    (``ingest.synth.effects``); off, the files are byte-identical to the cohort written before
+    those existed. ``synth.json`` records the choice. Refuses a non-empty ``out`` unless
+    ``overwrite`` (which removes only what this writes).
     """
     t0 = time.perf_counter()
     out = Path(out)
@@ -386,11 +421,12 @@ def generate_cohort(
                 target.unlink()
     out.mkdir(parents=True, exist_ok=True)
 
-    plans = cohort_plan(scale, seed, centers)
+    plans = cohort_plan(scale, seed, centers, center_effects)
     if per_center is not None:
         plans = [p for c in centers for p in _balanced_subset([q for q in plans if q.center == c], per_center)]
     summary = CohortSummary(out=out, seed=seed, scale=scale, seconds=0.0,
-                            centers={c: CenterCounts() for c in CENTERS if c in centers})
+                            centers={c: CenterCounts() for c in CENTERS if c in centers},
+                            center_effects=center_effects)
     for c in summary.centers:
         members = [p for p in plans if p.center == c]
         write_clinical(c, members, out)
@@ -400,6 +436,8 @@ def generate_cohort(
         counts.wildtype = counts.patients - counts.mutant
         counts.files = 1
     write_center_configs(out / "centers", "../{center}")
+    write_manifest(out, scale=scale, seed=seed, centers=centers, per_center=per_center,
+                   center_effects=center_effects)
     for p in (out / "centers").glob("*.yaml"):
         if p.stem not in summary.centers:
             p.unlink()
