@@ -424,8 +424,8 @@ def test_brain_mask_standalone_on_a_coarse_head(phantom):
     truth = phantom.labels(_grid_points(size, spacing, img.GetOrigin(), img.GetDirection()))
     assert dice(mask, truth["brain"].reshape(size[::-1])) > 0.9
     assert (mask.ravel().astype(bool) & truth["skull"]).sum() < 0.02 * truth["skull"].sum()
-    with pytest.raises(PreprocessError, match="brain mask of image is empty"):
-        brain_mask(_image(np.zeros((8, 8, 8), np.float32)), thresholds=(1.0, 2.0))
+    with pytest.raises(PreprocessError, match="brain mask of image is empty: no voxel above"):
+        brain_mask(_image(np.zeros((8, 8, 8), np.float32)), thresholds=(1.0,))
 
 
 def test_mask_drawn_on_t2f_lands_on_the_structure_in_t1c_space(study, study_inputs, phantom):

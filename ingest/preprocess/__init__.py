@@ -25,11 +25,13 @@ from ingest.preprocess.ops import (
     isotropic_reference,
     reorient,
     resample_to_grid,
+    tissue_threshold,
     zscore,
 )
 from ingest.preprocess.params import (
     MIN_T2F_BRAIN_COVERAGE,
     PREPROCESS_VERSION,
+    REPLAYABLE_VERSIONS,
     PreprocessError,
     PreprocessParams,
     Space,
@@ -46,6 +48,7 @@ from ingest.preprocess.records import (
 __all__ = [
     "MIN_T2F_BRAIN_COVERAGE",
     "PREPROCESS_VERSION",
+    "REPLAYABLE_VERSIONS",
     "PreprocessError",
     "PreprocessParams",
     "PreprocessedStudy",
@@ -65,6 +68,7 @@ __all__ = [
     "replay",
     "resample_to_grid",
     "steps_to_json",
+    "tissue_threshold",
     "transform_from_record",
     "transform_to_record",
     "zscore",

@@ -31,6 +31,7 @@ __all__ = [
     "reorient",
     "require_3d",
     "resample_to_grid",
+    "tissue_threshold",
     "zscore",
 ]
 
@@ -169,10 +170,10 @@ def _largest_component(mask: sitk.Image) -> sitk.Image:
 
 
 def brain_thresholds(image: sitk.Image) -> tuple[float, float]:
-    """Two Otsu thresholds (dark | tissue | bright) of ``image``.
+    """Two Otsu thresholds (dark | tissue | bright) of ``image``: the 1.0.0 rule's cuts.
 
-    Three classes keep the lower cut between CSF and brain even when the skull or enhancement
-    is much brighter than the brain, which would drag a two-class Otsu up into the tissue.
+    Kept so records made with ``exclude_bright`` (every 1.0.0 record) decide and replay as
+    they did. On T1c the bright class holds white matter, so it is not a skull/scalp class.
     """
     f = sitk.OtsuMultipleThresholdsImageFilter()
     f.SetNumberOfThresholds(2)
@@ -182,25 +183,55 @@ def brain_thresholds(image: sitk.Image) -> tuple[float, float]:
     return low, high
 
 
-def brain_mask(image: sitk.Image, *, thresholds: tuple[float, float] | None = None,
-               opening_mm: float = 2.0, what: str = "image") -> sitk.Image:
-    """uint8 brain mask of a (bias-corrected) T1-weighted head with a bright skull.
+def tissue_threshold(image: sitk.Image) -> float:
+    """One Otsu threshold (background and CSF | tissue) of the whole ``image``.
 
-    Tissue is the middle class of :func:`brain_thresholds` (or the given ``thresholds``): the
-    bright skull is excluded by intensity, the dark CSF gap separates it from the brain. An
-    erosion of ``opening_mm`` cuts the partial-volume bridges that thick slices leave across
-    the gap; the largest eroded component, dilated back within the tissue, is the brain.
-    Enclosed holes (ventricles, necrosis, the bright enhancing rim) are filled. Assumes the
-    bright class is skull/scalp/enhancement, not white matter. Empty -> PreprocessError.
+    The head/background cut of a T1c lands between CSF and grey matter (about half-way from
+    background to white matter on every synthetic center), where the lower cut of a
+    three-class Otsu lands between background and CSF, which bridges skull and brain.
+    """
+    f = sitk.OtsuMultipleThresholdsImageFilter()
+    f.SetNumberOfThresholds(1)
+    f.SetNumberOfHistogramBins(128)
+    f.Execute(sitk.Cast(image, sitk.sitkFloat32))
+    return float(f.GetThresholds()[0])
+
+
+def _tissue(arr: np.ndarray, thresholds: tuple[float, ...], exclude_bright: bool, what: str
+            ) -> tuple[np.ndarray, str]:
+    """The tissue candidate of either rule and its description for error messages."""
+    want = 2 if exclude_bright else 1
+    if len(thresholds) != want:
+        raise ValueError(f"brain mask of {what}: expected {want} threshold(s) with "
+                         f"exclude_bright={exclude_bright}, got {list(thresholds)}")
+    if exclude_bright:
+        low, high = thresholds
+        return (arr > low) & (arr <= high), f"between the thresholds {low:.6g} and {high:.6g}"
+    return arr > thresholds[0], f"above the threshold {thresholds[0]:.6g}"
+
+
+def brain_mask(image: sitk.Image, *, thresholds: tuple[float, ...] | None = None,
+               opening_mm: float = 3.0, exclude_bright: bool = False, what: str = "image"
+               ) -> sitk.Image:
+    """uint8 brain mask (grey + white matter, filled) of a bias-corrected T1-weighted head.
+
+    Tissue is everything above :func:`tissue_threshold` (or the one given threshold): white
+    matter and enhancement can be as bright as skull or scalp, so brightness cannot exclude
+    them; the dark CSF gap separates them. An erosion of ``opening_mm`` cuts the partial-volume
+    bridges that thick slices leave across the gap; the largest eroded component, dilated back
+    within the tissue, is the brain; enclosed holes (ventricles, necrosis) are filled.
+    ``exclude_bright`` is the 1.0.0 rule (tissue = the middle class of :func:`brain_thresholds`,
+    two thresholds), kept so its records replay exactly. Empty -> PreprocessError.
     """
     require_3d(image, "brain_mask")
-    low, high = brain_thresholds(image) if thresholds is None else (float(t) for t in thresholds)
+    if thresholds is None:
+        thresholds = brain_thresholds(image) if exclude_bright else (tissue_threshold(image),)
+    thr = tuple(float(t) for t in thresholds)
     arr = sitk.GetArrayViewFromImage(image)
-    # Bright voxels (skull, scalp, enhancement) are left out; enclosed ones come back as holes.
-    tissue = (arr > low) & (arr <= high)
+    tissue, where = _tissue(arr, thr, exclude_bright, what)
     if not tissue.any():
         raise PreprocessError(
-            f"brain mask of {what} is empty: no voxel between the tissue thresholds {low:.6g} and {high:.6g}",
+            f"brain mask of {what} is empty: no voxel {where}",
             fix="check that the T1c series is a contrast-enhanced T1 of the whole head",
         )
     candidate = from_array(tissue.astype(np.uint8), image)
@@ -210,11 +241,13 @@ def brain_mask(image: sitk.Image, *, thresholds: tuple[float, float] | None = No
         if not _any(core):
             raise PreprocessError(
                 f"brain mask of {what} is empty after a {opening_mm} mm erosion; expected tissue thicker "
-                f"than {2 * opening_mm} mm between the thresholds {low:.6g} and {high:.6g}",
+                f"than {2 * opening_mm} mm {where}",
                 fix="check that the T1c series is a contrast-enhanced T1 of the whole head",
             )
-        core = _largest_component(core)
-        grown = sitk.GetArrayViewFromImage(sitk.BinaryDilate(core, radius, sitk.sitkBall, 0, 1)) > 0
+        dilated = sitk.BinaryDilate(_largest_component(core), radius, sitk.sitkBall, 0, 1)
+        # A view does not keep its image alive: 1.0.0 viewed the unnamed dilation, which could be
+        # freed before it was read (zeros in Dask workers: an empty mask, the lesion as "brain").
+        grown = sitk.GetArrayViewFromImage(dilated) > 0
         candidate = from_array((grown & tissue).astype(np.uint8), image)
     mask = _largest_component(candidate)
     return sitk.Cast(sitk.BinaryFillhole(mask, fullyConnected=False, foregroundValue=1), sitk.sitkUInt8)

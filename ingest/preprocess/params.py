@@ -17,13 +17,20 @@ from atrx.errors import DataError
 __all__ = [
     "MIN_T2F_BRAIN_COVERAGE",
     "PREPROCESS_VERSION",
+    "REPLAYABLE_VERSIONS",
     "PreprocessError",
     "PreprocessParams",
     "Space",
     "check_orientation",
 ]
 
-PREPROCESS_VERSION: Final[str] = "1.0.0"
+#: 1.1.0: the brain mask keeps the bright class (white matter; ``brain_exclude_bright``), opens
+#: 3 mm, and no longer reads a freed image (which gave empty masks in Dask workers)
+PREPROCESS_VERSION: Final[str] = "1.1.0"
+#: versions whose step records this code replays to the very same arrays: 1.0.0 differs only in
+#: the brain mask, and a brain_mask record without "exclude_bright" replays the 1.0.0 rule (a
+#: 1.0.0 mask made from freed memory does not match its recorded voxel counts and is refused)
+REPLAYABLE_VERSIONS: Final[tuple[str, ...]] = ("1.0.0", PREPROCESS_VERSION)
 
 #: the image a mask was drawn on (and whose transform carries it to the output grid)
 Space = Literal["t1c", "t2f"]
@@ -80,8 +87,12 @@ class PreprocessParams(BaseModel, extra="forbid", frozen=True):
     reg_smoothing_mm: tuple[float, ...] = (2.0, 1.0, 0.0)
 
     image_interpolator: Literal["linear", "bspline"] = "linear"
-    #: radius of the opening that cuts skull-brain bridges in the brain mask
-    brain_opening_mm: float = Field(2.0, ge=0)
+    #: radius of the opening that cuts skull-brain bridges in the brain mask (1.0.0: 2 mm, which
+    #: let thick-slice partial volume at the head's poles bridge skull and brain)
+    brain_opening_mm: float = Field(3.0, ge=0)
+    #: True is the 1.0.0 rule (tissue = middle class of a 3-class Otsu), which drops white matter
+    #: on T1c; False: tissue = above the head/background Otsu cut, skull cut off by the opening
+    brain_exclude_bright: bool = False
     #: absolute tolerance (mm, direction cosines) when a mask's grid is compared to its image's
     geometry_tol: float = Field(1e-3, gt=0)
 

@@ -133,7 +133,8 @@ def replay(steps: list[dict[str, Any]], t1c: sitk.Image, t2f: sitk.Image, lesion
     The recorded bias fields, transform, thresholds and z-score statistics are applied as
     stored (nothing is fitted or optimised), so the arrays do not depend on the thread count
     that replays them. The inputs must be the recorded ones (sha256 checked) and the record
-    must come from this ``PREPROCESS_VERSION``.
+    must come from one of ``REPLAYABLE_VERSIONS`` (1.0.0 records replay with their own brain
+    mask rule).
     """
     return _Pipeline(None, steps).run(
         {"t1c": t1c, "t2f": t2f, "lesion": lesion, "tumor": tumor},

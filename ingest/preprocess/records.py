@@ -142,11 +142,14 @@ class ResampleRecord(TypedDict):
     voxels: NotRequired[int]
 
 
+#: the brain mask rule and its cuts: ``exclude_bright`` (two thresholds, the 1.0.0 rule) or not
+#: (one threshold; the skull is cut off by the opening)
 BrainMaskRecord = TypedDict("BrainMaskRecord", {
     "step": Literal["brain_mask"],
     "from": str,
     "thresholds": list[float],
     "opening_mm": float,
+    "exclude_bright": NotRequired[bool],  # absent in 1.0.0 records, whose rule it was (True)
     "union_with": list[str],
     "voxels_before_union": int,
     "voxels": int,

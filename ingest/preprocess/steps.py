@@ -23,6 +23,7 @@ from ingest.preprocess.fitting import apply_log_bias, fit_n4, fit_rigid, rigid_s
 from ingest.preprocess.params import (
     MIN_T2F_BRAIN_COVERAGE,
     PREPROCESS_VERSION,
+    REPLAYABLE_VERSIONS,
     PreprocessError,
     PreprocessParams,
 )
@@ -92,10 +93,11 @@ def inputs(rec: Recorded, params: PreprocessParams | None, raw: dict[str, sitk.I
         for name, img in raw.items()
     }
     if rec is not None:
-        if rec.get("version") != PREPROCESS_VERSION:
+        if rec.get("version") not in REPLAYABLE_VERSIONS:
             raise PreprocessError(
                 f"steps were recorded by preprocess version {rec.get('version')!r}; this is "
-                f"{PREPROCESS_VERSION!r}, which may produce different arrays", fix=REPLAY_FIX,
+                f"{PREPROCESS_VERSION!r}, which replays only {list(REPLAYABLE_VERSIONS)} exactly",
+                fix=REPLAY_FIX,
             )
         if rec["spaces"] != spaces:
             raise PreprocessError(f"mask spaces differ from the record: {spaces} vs recorded {rec['spaces']}",
@@ -226,21 +228,40 @@ def resample(rec: Recorded, params: PreprocessParams | None, name: str, image: s
 @_step("brain_mask")
 def brain_mask(rec: Recorded, params: PreprocessParams | None, out: dict[str, sitk.Image]
                ) -> tuple[BrainMaskRecord, sitk.Image]:
-    """The T1c brain mask (recorded thresholds), united with the lesion and tumor masks."""
+    """The T1c brain mask (recorded rule and thresholds), united with the lesion and tumor masks.
+
+    A record without ``exclude_bright`` comes from 1.0.0, whose rule excluded the bright class.
+    A replay must give the recorded voxel counts, or it is refused.
+    """
     if rec is not None:
-        thr, opening = tuple(rec["thresholds"]), rec["opening_mm"]
+        thr, opening = tuple(float(t) for t in rec["thresholds"]), rec["opening_mm"]
+        exclude = bool(rec.get("exclude_bright", True))
+        if len(thr) != (2 if exclude else 1):
+            raise PreprocessError(
+                f"brain_mask step record: {len(thr)} threshold(s) with exclude_bright={exclude}; "
+                f"expected {2 if exclude else 1}", fix=REPLAY_FIX,
+            )
     else:
         assert params is not None
-        thr, opening = ops.brain_thresholds(out["t1c"]), params.brain_opening_mm
-    mask = ops.brain_mask(out["t1c"], thresholds=thr, opening_mm=opening, what="t1c")
+        exclude, opening = params.brain_exclude_bright, params.brain_opening_mm
+        thr = ops.brain_thresholds(out["t1c"]) if exclude else (ops.tissue_threshold(out["t1c"]),)
+    mask = ops.brain_mask(out["t1c"], thresholds=thr, opening_mm=opening, exclude_bright=exclude,
+                          what="t1c")
     arr = sitk.GetArrayViewFromImage(mask) > 0
     own = int(arr.sum())
     for m in SOURCE_MASKS:
         arr = arr | (sitk.GetArrayViewFromImage(out[m]) > 0)
     brain = ops.from_array(arr.astype(np.uint8), mask)
+    if rec is not None and (own, int(arr.sum())) != (rec["voxels_before_union"], rec["voxels"]):
+        # 1.0.0 could read freed memory here (see ops.brain_mask): its mask cannot be rebuilt
+        raise PreprocessError(
+            f"brain mask replays to {own} voxels ({int(arr.sum())} with the masks); the record has "
+            f"{rec['voxels_before_union']} ({rec['voxels']})", fix=REPLAY_FIX,
+        )
     return (rec if rec is not None else {
         "step": "brain_mask", "from": "t1c", "thresholds": list(thr), "opening_mm": float(opening),
-        "union_with": list(SOURCE_MASKS), "voxels_before_union": own, "voxels": int(arr.sum()),
+        "exclude_bright": exclude, "union_with": list(SOURCE_MASKS), "voxels_before_union": own,
+        "voxels": int(arr.sum()),
     }), brain
 
 
