@@ -2,17 +2,17 @@
 
 Reads what the protocol's result holds about the ranking of the imaging models (random k-fold
 and leave-one-center-out CV AUCs, which one ranked) and the first-order baseline, beside the
-diagnostics of :mod:`training.diagnostics`. Every field beyond the paper's is read with a
-default, so a result without a ranking choice or a baseline renders the rest.
+diagnostics of :mod:`training.diagnostics`. A run without a baseline (``baseline.enabled:
+false`` or no first-order columns) renders the rest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 from training.models import selected_features
 from training.protocol import CLINICAL, FUSION, ProtocolResult
+from training.ranking import CrossValidated
 
 __all__ = ["OPTIMISM_WARNING", "baseline_label", "ranked_by", "ranking_record", "transfer_check"]
 
@@ -20,28 +20,9 @@ __all__ = ["OPTIMISM_WARNING", "baseline_label", "ranked_by", "ranking_record", 
 OPTIMISM_WARNING = 0.10
 
 
-def _to_plain(obj: Any) -> dict[str, Any] | None:
-    if obj is None:
-        return None
-    if hasattr(obj, "to_json"):
-        return dict(obj.to_json())
-    return dict(obj) if isinstance(obj, Mapping) else {"strategy": str(obj)}
-
-
-def _ranking_auc(r: Any) -> float | None:
-    try:
-        return float(getattr(r, "ranking_auc", r.cv_auc))
-    except (TypeError, ValueError):  # e.g. ranked by LOCO without a LOCO AUC
-        return None
-
-
 def baseline_label(result: ProtocolResult) -> str | None:
-    """The model label of the first-order baseline in ``result.metrics``, if the run has one."""
-    base = getattr(result, "baseline", None)
-    for label in (getattr(base, "label", None), getattr(result, "baseline_label", None)):
-        if label and label in result.metrics:
-            return str(label)
-    return next((m for m in result.metrics if "baseline" in m.lower()), None)
+    """The model label of the first-order baseline, if the run fitted one."""
+    return result.baseline.label if result.baseline is not None else None
 
 
 def _auc(result: ProtocolResult, model: str, set_name: str) -> float | None:
@@ -50,7 +31,7 @@ def _auc(result: ProtocolResult, model: str, set_name: str) -> float | None:
 
 def _delong_p(result: ProtocolResult, a: str | None, b: str) -> str:
     """``", DeLong p 0.123"`` for the test-set comparison of two models, if the run made it."""
-    for row in getattr(result, "delong", None) or []:
+    for row in result.delong:
         if row.get("set") == "test" and {row.get("model_a"), row.get("model_b")} == {a, b}:
             p = row.get("p")
             return "" if p is None else f", DeLong p {p:.3f}"
@@ -59,21 +40,21 @@ def _delong_p(result: ProtocolResult, a: str | None, b: str) -> str:
 
 def _baseline_ranking_auc(result: ProtocolResult) -> float | None:
     """The baseline's AUC by the criterion that ranked the imaging models."""
-    base = getattr(result, "baseline", None)
+    base = result.baseline
     if base is None:
         return None
-    strategy = getattr(getattr(result, "ranking", None), "strategy", None)
-    loco = getattr(base, "loco_auc", None)
-    return loco if strategy == "loco" and loco is not None else getattr(base, "cv_auc", None)
+    use_loco = result.ranking.strategy == "loco" and base.loco_auc is not None
+    return base.loco_auc if use_loco else base.cv_auc
 
 
-def _row(result: ProtocolResult, r: Any, label: str, n_selected: int, best: bool) -> dict:
+def _row(result: ProtocolResult, r: CrossValidated, label: str, n_selected: int,
+         best: bool) -> dict[str, Any]:
     return {
         "label": label,
-        "random_cv_auc": getattr(r, "cv_auc", None),
-        "loco_auc": getattr(r, "loco_auc", None),
-        "loco_centers": dict(getattr(getattr(r, "loco", None), "center_aucs", None) or {}),
-        "ranked_by": getattr(r, "ranked_by", None),
+        "random_cv_auc": r.cv_auc,
+        "loco_auc": r.loco_auc,
+        "loco_centers": dict(r.loco.center_aucs) if r.loco is not None else {},
+        "ranked_by": getattr(r, "ranked_by", None),  # the baseline is not ranked
         "n_selected": n_selected,
         "test_auc": _auc(result, label, "test"),
         "best": best,
@@ -81,23 +62,21 @@ def _row(result: ProtocolResult, r: Any, label: str, n_selected: int, best: bool
 
 
 def ranked_by(result: ProtocolResult) -> str:
-    """``"; ranked by <criterion>: <AUC>"`` when the protocol says how it ranked the models."""
-    criterion = getattr(getattr(result, "ranking", None), "criterion", None)
-    auc = _ranking_auc(result.best)
-    return f"; ranked by {criterion}: {auc:.3f}" if criterion and auc is not None else ""
+    """``"; ranked by <criterion>: <AUC>"``, how the best imaging model was chosen."""
+    return f"; ranked by {result.ranking.criterion}: {result.best.ranking_auc:.3f}"
 
 
 def ranking_record(result: ProtocolResult) -> dict[str, Any]:
     """How the imaging models were ranked and each one's random-CV, LOCO and test AUC, best
     first; the first-order baseline (all its features, no selection) last, when fitted."""
-    out = _to_plain(getattr(result, "ranking", None)) or {}
+    out = result.ranking.to_json()
     models = []
-    for r in sorted(result.imaging, key=lambda r: -(_ranking_auc(r) or -1.0)):
+    for r in sorted(result.imaging, key=lambda r: -r.ranking_auc):
         row = _row(result, r, r.spec.label, len(selected_features(r.final)), r is result.best)
-        models.append({**row, "ranking_auc": _ranking_auc(r)})
-    base, label = getattr(result, "baseline", None), baseline_label(result)
-    if base is not None and label:
-        row = _row(result, base, label, len(getattr(base, "columns", None) or []), False)
+        models.append({**row, "ranking_auc": r.ranking_auc})
+    base = result.baseline
+    if base is not None:
+        row = _row(result, base, base.label, len(base.columns), False)
         models.append({**row, "ranking_auc": _baseline_ranking_auc(result), "baseline": True})
     return {**out, "models": models}
 
@@ -110,7 +89,7 @@ def transfer_check(result: ProtocolResult) -> dict[str, Any]:
     roles = {FUSION: "fusion", best: "best imaging model", CLINICAL: "clinical"}
     if base:
         roles[base] = "first-order baseline"
-    ranking = {best: _ranking_auc(result.best), base: _baseline_ranking_auc(result)}
+    ranking = {best: result.best.ranking_auc, base: _baseline_ranking_auc(result)}
     rows = [{"model": m, "role": role, "ranking_auc": ranking.get(m),
              "validation": (result.metrics.get(m) or {}).get("validation"),
              "test": (result.metrics.get(m) or {}).get("test")}
@@ -132,4 +111,4 @@ def transfer_check(result: ProtocolResult) -> dict[str, Any]:
             f"rows) is {cv - test:.3f} above its test AUC ({test:.3f}): the cross-validation "
             "overstates how it does on a new center.")
     return {"rows": rows, "baseline": base, "warnings": warnings,
-            "baseline_note": getattr(result, "baseline_note", None)}
+            "baseline_note": result.baseline_note}
