@@ -61,3 +61,8 @@ class FeaturesUnavailable(UnprocessableEntity, DataError):
         if self.unexpected:
             parts.append(f"unexpected features {self.unexpected} (not used by the model)")
         super().__init__("; ".join(parts))
+
+
+class CenterNotServable(UnprocessableEntity, DataError):
+    """HTTP 422: the model harmonises per center and cannot place this patient's center (no
+    estimates for it in the model, or no patient id to read the center from)."""

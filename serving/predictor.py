@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import pandas as pd
 
+from atrx.errors import DataError
+from atrx.pseudonym import Pseudonym
 from atrx.workspace import Workspace
-from serving.errors import FeaturesUnavailable
+from serving.errors import CenterNotServable, FeaturesUnavailable
 from serving.model import ServedModel, load_served_model
 from serving.online import OnlineLookup, OnlineRows, open_feature_store
 from serving.schemas import ClinicalValues, ModelDescription, Prediction, finite
@@ -70,9 +72,14 @@ class FusionPredictor:
     ) -> list[Prediction]:
         """Predictions for a model-ready frame (columns = ``required_features``)."""
         model = self.served.model
-        prob = model.predict_proba(frame)[:, 1]
-        score = model.imaging_score(frame)
-        points = model.contributions(frame)
+        if getattr(model, "needs_center", False):
+            frame = frame.assign(center=_centers(patient_ids))
+        try:
+            prob = model.predict_proba(frame)[:, 1]
+            score = model.imaging_score(frame)
+            points = model.contributions(frame)
+        except DataError as exc:  # the model's own refusal (e.g. a center it has no estimates of)
+            raise CenterNotServable(str(exc)) from None
         groups = model.risk_group(prob)
         variables = [c for c in points.columns if c not in _NOT_POINTS]
         out = []
@@ -139,6 +146,20 @@ class FusionPredictor:
             feature_versions=self.served.feature_versions,
             cutoff=float(self.served.model.cutoff_),
         )
+
+
+def _centers(patient_ids: Sequence[str | None]) -> list[str]:
+    """Each patient's center, from the pseudonym (harmonised models need it)."""
+    out = []
+    for pid in patient_ids:
+        if pid is None:
+            raise CenterNotServable("this model harmonises features per center: give the "
+                                    "patient_id, whose pseudonym names the center")
+        try:
+            out.append(Pseudonym.parse(pid).center)
+        except ValueError as exc:
+            raise CenterNotServable(f"patient_id {pid!r}: {exc}") from None
+    return out
 
 
 def _ids_for_log(ids: Sequence[str | None], limit: int = 5) -> str:

@@ -28,16 +28,8 @@ from training.diagnostics import Diagnostics
 from training.protocol import CLINICAL, FUSION, SETS, ProtocolResult
 from training.study import DEFAULT_STUDY_PATH, StudyConfig
 
-__all__ = [
-    "Table",
-    "TrainSummary",
-    "TrainingRun",
-    "fmt3",
-    "write_figures",
-    "write_metrics",
-    "write_report",
-    "write_tables",
-]
+__all__ = ["Table", "TrainSummary", "TrainingRun", "fmt3", "write_figures", "write_metrics",
+           "write_report", "write_tables"]
 
 _METRIC_COLUMNS = ["Sensitivity", "Specificity", "Accuracy", "AUC (95% CI)"]
 _NOMOGRAM_LABELS = {"imaging_score": "Imaging score", "age": "Age (years)", "sex": "Sex (0 F, 1 M)",
@@ -157,6 +149,7 @@ class TrainingRun:
     timings: dict[str, float] = field(default_factory=dict)
     tag: str = ""  # the registry's tag, once the candidate is saved
     diagnostics: Diagnostics | None = None  # feature shift and selection stability (the report)
+    harmonisation: dict[str, Any] | None = None  # training.harmonisation_run.HarmonisationRun.to_json
 
     @property
     def report_path(self) -> Path:
@@ -210,6 +203,7 @@ class TrainingRun:
             "cutoff_policy": described["cutoff_policy"],
             "best_imaging_model": self.best_label,
             "best_imaging_cv_auc": self.result.best.cv_auc,
+            "harmonisation": described.get("harmonisation", {"method": "none"}),
             "metrics": {m: self.result.metrics[m] for m in self.result.headline()},
             "sets": self.sets,
             "report": str(self.report_path),
@@ -230,12 +224,14 @@ class TrainingRun:
             "library_versions": self.library_versions,
             **self.result.to_json(),
             "diagnostics": None if self.diagnostics is None else self.diagnostics.to_json(),
+            "harmonisation": self.harmonisation or {"method": "none"},
             "timings": dict(self.timings),
         }
 
     def report_content(self) -> dict[str, Any]:
         """What :func:`training.report.render_report` lays out (metrics, tests, curves, meta,
         the transfer sections)."""
+        from training.harmonisation_run import report_line
         from training.transfer import ranked_by, ranking_record, transfer_check
 
         result, study = self.result, self.study
@@ -254,6 +250,7 @@ class TrainingRun:
                 f"{c['classifier'].upper()} {c['cv_auc_mean']:.3f}"
                 for c in result.classifier_comparison),
             "fusion cutoff": f"{result.fusion.cutoff_:.3f} ({study.cutoff.policy})",
+            "harmonisation": report_line(self.harmonisation),
             "training-set metrics": "imaging models out-of-fold; fusion on out-of-fold imaging "
                                     "scores; clinical in-sample",
         }
@@ -397,3 +394,4 @@ def write_figures(
             [f.to_json() for f in diagnostics.shift.features], out / "feature_shift.png",
             title=f"Most shifted inputs of {diagnostics.model} and the fusion")
     return figs
+

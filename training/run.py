@@ -24,6 +24,7 @@ from atrx.catalog import Catalog
 from atrx.errors import AtrxError, ExitCode
 from atrx.versions import TRAINING_LIBRARIES, library_versions
 from atrx.workspace import Workspace
+from training import harmonisation_run
 from training.artifacts import (
     TrainingRun,
     TrainSummary,
@@ -85,15 +86,21 @@ def train(
         say(f"training frame: {data.n_rows} patients x {data.frame.shape[1]} columns "
             f"({timings['features']:.0f} s); fitting {len(study.imaging_models())} imaging models")
         t = time.perf_counter()
-        result = run_protocol(data.frame, sp, study, progress=say)
+        prepared = harmonisation_run.prepare(data.frame, sp, study)
+        if prepared.harmoniser is not None:
+            say(f"ComBat harmonisation of {len(prepared.harmoniser.features)} imaging features "
+                f"fitted on the training rows ({prepared.seconds:.0f} s)")
+        result = run_protocol(prepared.frame, sp, study, progress=say)
         timings["protocol"] = time.perf_counter() - t
         # transfer diagnostics (its own time is in metrics.json's diagnostics.seconds)
-        diagnostics = diagnose(data.frame, sp, result, study, progress=say)
+        diagnostics = diagnose(prepared.frame, sp, result, study, progress=say)
+        harmonisation_run.finish(prepared, result, data.frame, sp, study)
         say(f"protocol done ({timings['protocol']:.0f} s, diagnostics {diagnostics.seconds:.0f} s);"
             " writing figures, report and model")
 
         run = TrainingRun(run_id, study, study_path, data, sp, result, Path(ws.runs) / run_id,
-                          libraries, timings, diagnostics=diagnostics)
+                          libraries, timings, diagnostics=diagnostics,
+                          harmonisation=prepared.to_json())
         t = time.perf_counter()
         run.run_dir.mkdir(parents=True, exist_ok=True)
         figures = write_figures(result, run.run_dir, diagnostics)

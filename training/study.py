@@ -174,6 +174,19 @@ class DiagnosticsConfig(StrictModel):
     seed: int = 0
 
 
+class HarmonisationConfig(StrictModel):
+    """Per-center ComBat on the imaging features (not in the paper; :mod:`training.harmonise`).
+
+    ``combat``: fitted on the training rows only (batch = center, labels unused); every other
+    center (the test center, a new one) is mapped by its own location/scale estimates, from its
+    features and never its labels. The registered model carries the estimates of its features
+    and serving applies them; the report also gives the test AUCs on raw (unharmonised) test
+    features. ``none``: the paper's protocol on raw features.
+    """
+
+    method: Literal["none", "combat"] = "none"
+
+
 class PromotionConfig(StrictModel):
     """Retraining promotes a candidate when AUC(candidate) >= AUC(production) - margin, both on
     the candidate's validation + test rows. A negative margin demands a strict improvement."""
@@ -206,6 +219,7 @@ class StudyConfig(StrictModel):
     cutoff: CutoffConfig = Field(default_factory=CutoffConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+    harmonisation: HarmonisationConfig = Field(default_factory=HarmonisationConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
 
     @field_validator("clinical_variables")
