@@ -1,7 +1,16 @@
-"""PyRadiomics features of one ROI on one sequence, under the canonical names of :mod:`atrx.names`.
+"""Radiomics features of one ROI on one sequence, under the canonical names of :mod:`atrx.names`.
 
 Pure computation: images and masks come in as SimpleITK images, features go out as a flat
 ``{canonical name: float}`` dict. Scheduling and storage live in the driver.
+
+Two engines compute the same features from the same PyRadiomics parameter file, chosen by its
+top-level ``engine`` key: ``atrx`` (:mod:`features.engine`, ours, numba; what the repository's
+``radiomics.yaml`` chooses) and ``pyradiomics`` (PyRadiomics 3.0.1, the reference the engine is
+tested against, and the meaning of a file without the key, so that a parameter file written before
+the engine existed keeps its numbers and its feature version).
+:func:`extract_features` is the one entry point for both (PyRadiomics' own keys); the canonical
+names sit on top of it. The engine's name and version are part of the feature version, so
+features of the two engines never mix in Feast.
 
 PyRadiomics is imported lazily because importing it installs a stderr handler on its logger.
 """
@@ -28,7 +37,11 @@ from features.errors import FeatureError, RadiomicsParamsError
 
 DEFAULT_PARAMS_PATH = Path(__file__).resolve().parent / "params" / "radiomics.yaml"
 
-_TOP_LEVEL_KEYS = frozenset({"imageType", "featureClass", "setting"})
+_TOP_LEVEL_KEYS = frozenset({"imageType", "featureClass", "setting", "engine"})
+#: engines of the ``engine`` key
+ENGINES = ("atrx", "pyradiomics")
+#: the engine of a parameter file without the key (files from before the engine existed)
+DEFAULT_ENGINE = "pyradiomics"
 _PARAMS_FIX = (f"start from {DEFAULT_PARAMS_PATH.name} (features/params/) and keep to PyRadiomics' "
                "parameter file format")
 _QUIET_LEVEL = logging.CRITICAL + 10
@@ -76,18 +89,53 @@ def check_params(params: Any, source: str = "params") -> None:
             f"{source}: unknown top-level keys {sorted(unknown)}; expected only {sorted(_TOP_LEVEL_KEYS)}",
             fix=_PARAMS_FIX,
         )
+    engine = params.get("engine", DEFAULT_ENGINE)
+    if engine not in ENGINES:
+        raise RadiomicsParamsError(
+            f"{source}: engine must be one of {list(ENGINES)}, got {engine!r}",
+            fix="set engine: atrx (ours) or engine: pyradiomics (the reference)")
     label = (params.get("setting") or {}).get("label", 1)
     if label != 1:
         raise RadiomicsParamsError(
             f"{source}: setting.label must be 1 (masks are binary 0/1), got {label!r}",
             fix="remove setting.label or set it to 1")
-    with _quiet_pyradiomics():
-        _new_extractor(params, source)
+    if engine == "atrx":
+        from features.engine.settings import parse_params
+
+        try:
+            parse_params(pyradiomics_params(params))
+        except RadiomicsParamsError as e:
+            raise RadiomicsParamsError(f"{source}: {e}", fix=e.fix) from None
+    else:
+        with _quiet_pyradiomics():
+            _new_extractor(pyradiomics_params(params), source)
+
+
+def engine_of(params: Mapping[str, Any]) -> str:
+    """The engine ``params`` choose (PyRadiomics when the file names none)."""
+    return str(params.get("engine", DEFAULT_ENGINE))
+
+
+def pyradiomics_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` without the ``engine`` key: the PyRadiomics parameter file both engines read."""
+    return {k: v for k, v in params.items() if k != "engine"}
+
+
+def engine_label(params: Mapping[str, Any]) -> str:
+    """Name and version of the engine ``params`` choose, as feature versions record them."""
+    if engine_of(params) == "pyradiomics":
+        import radiomics
+
+        return str(radiomics.__version__)  # "v3.0.1": the label versions always had
+    from features.engine import ENGINE_NAME, ENGINE_VERSION
+
+    return f"{ENGINE_NAME} {ENGINE_VERSION}"
 
 
 def params_hash(params: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of ``params``: the same settings always give the same id."""
-    return hashlib.sha256(_canonical_json(params).encode("utf-8")).hexdigest()
+    """sha256 of the canonical JSON of the PyRadiomics settings (the engine is hashed apart, by
+    :func:`features.versioning.radiomics_version`): the same settings always give the same id."""
+    return hashlib.sha256(_canonical_json(pyradiomics_params(params)).encode("utf-8")).hexdigest()
 
 
 def extract_radiomics(
@@ -103,17 +151,35 @@ def extract_radiomics(
     view_name("rad", roi, sequence)  # unknown roi/sequence -> ValueError before any work
     expected = _pyradiomics_keys(_canonical_json(params))
     what = f"roi {roi!r} of sequence {sequence!r}"
-    raw = extract_pyradiomics(image, mask, params, what=what)
+    raw = extract_features(image, mask, params, what=what)
     if len(raw) != len(expected) or not all(key in raw for key in expected):
         missing = [k for k in expected if k not in raw]
         extra = sorted(set(raw) - set(expected))
         raise FeatureError(
-            f"PyRadiomics returned {len(raw)} features for {what}, expected {len(expected)}; "
+            f"{engine_of(params)} returned {len(raw)} features for {what}, expected {len(expected)}; "
             f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {extra[:5]}{'...' if len(extra) > 5 else ''} "
             "(LoG sigmas are skipped when the image is smaller than sigma/spacing + 1 voxels)"
         )
     return {radiomics_feature_name(roi, sequence, key): raw[key] for key in expected}
+
+
+def extract_features(
+    image: sitk.Image, mask: sitk.Image, params: Mapping[str, Any], *, what: str = "ROI"
+) -> dict[str, float]:
+    """Features of a binary mask by the engine ``params["engine"]`` chooses, PyRadiomics' keys
+    (``original_glcm_Contrast``), ``diagnostics_*`` dropped; a failure is a :class:`FeatureError`
+    naming ``what``."""
+    if engine_of(params) == "pyradiomics":
+        return extract_pyradiomics(image, mask, params, what=what)
+    from features.engine import extract
+
+    n_voxels = _check_mask(image, mask, what)
+    try:
+        with np.errstate(all="ignore"):
+            return extract(image, mask, pyradiomics_params(params))
+    except FeatureError as e:
+        raise FeatureError(f"{what} ({n_voxels} voxels): {e}", fix=e.fix) from None
 
 
 def extract_pyradiomics(
@@ -132,7 +198,7 @@ def extract_pyradiomics(
             f"{what}: ROI has {n_voxels} voxels, fewer than minimumROISize={min_size}"
         )
     with _quiet_pyradiomics(), np.errstate(all="ignore"):
-        extractor = _new_extractor(params, what)
+        extractor = _new_extractor(pyradiomics_params(params), what)
         try:
             result = extractor.execute(image, mask, label=1)
         except Exception as e:
@@ -186,7 +252,7 @@ def _pyradiomics_keys(canonical_params: str) -> tuple[str, ...]:
     mask = sitk.GetImageFromArray(roi.astype(np.uint8))
     mask.CopyInformation(image)
     try:
-        raw = extract_pyradiomics(image, mask, params, what="the synthetic probe sphere")
+        raw = extract_features(image, mask, params, what="the synthetic probe sphere")
     except FeatureError as e:
         raise RadiomicsParamsError(f"cannot determine the feature names these parameters produce: {e}",
                                    fix=_PARAMS_FIX) from e

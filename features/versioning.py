@@ -3,8 +3,10 @@
 A feature version names a directory of the offline store (``offline/{view}/{version}/``) and a
 key of the lineage table. It changes whenever anything that changes the numbers changes:
 
-* radiomics: the parameter file (its canonical hash), the PyRadiomics release, and
-  :data:`RADIOMICS_RECIPE` (how the driver turns a store version into PyRadiomics input);
+* radiomics: the parameter file (its canonical hash), the engine that computes it (the
+  PyRadiomics release, or ``atrx`` and :data:`features.engine.ENGINE_VERSION`), and
+  :data:`RADIOMICS_RECIPE` (how the driver turns a store version into the engine's input); a
+  file run by PyRadiomics keeps the version it had before the engine existed;
 * deep: the weights (their sha256, not their spec: ``random:0`` on two machines is the same
   version, two different ``model.pth`` files are not) and :data:`DEEP_RECIPE` (the crop).
 
@@ -20,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from atrx.versions import FEATURES_LIBRARIES, library_versions
-from features.radiomics import params_hash
+from features.radiomics import engine_label, params_hash
 
 #: how a stored study version becomes PyRadiomics input (see features.tasks.radiomics_task)
 RADIOMICS_RECIPE: Final[str] = (
@@ -57,11 +59,11 @@ def features_library_versions() -> dict[str, str]:
 
 def radiomics_params_hash(params: Mapping[str, Any]) -> str:
     """Full sha256 behind :func:`radiomics_version` (recorded in lineage and runs)."""
-    return _sha256(params_hash(params), pyradiomics_version(), RADIOMICS_RECIPE)
+    return _sha256(params_hash(params), engine_label(params), RADIOMICS_RECIPE)
 
 
 def radiomics_version(params: Mapping[str, Any]) -> str:
-    """``rad-`` + 12 hex digits of sha256(params hash, PyRadiomics version, recipe)."""
+    """``rad-`` + 12 hex digits of sha256(params hash, engine and its version, recipe)."""
     return "rad-" + radiomics_params_hash(params)[:12]
 
 

@@ -111,8 +111,12 @@ def test_pyradiomics_failure_is_wrapped_with_its_cause(image: sitk.Image, params
     with pytest.raises(
         FeatureError, match=r"PyRadiomics failed on roi 'tumor' .*30 voxels"
     ) as info:
-        extract_radiomics(image, _mask(image, line), "tumor", "t1c", params)
+        extract_radiomics(image, _mask(image, line), "tumor", "t1c",
+                          {**params, "engine": "pyradiomics"})
     assert info.value.__cause__ is not None
+    # our engine names the same reason itself
+    with pytest.raises(FeatureError, match=r"roi 'tumor' .*30 voxels.*minimumROIDimensions=2"):
+        extract_radiomics(image, _mask(image, line), "tumor", "t1c", params)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,125 @@
+"""Radiomics engines side by side: ROIs per second per core, ours (``features.engine``) vs
+pyradiomics 3.0.1, on the same ROIs, with all features of the parameter file including filtering.
+
+    .venv/bin/python benchmarks/radiomics/run.py [--sizes 5000 30000 100000] [--repeats 3]
+        [--params features/params/radiomics.yaml] [--no-write]
+
+ROIs: irregular z-scored lesions of about the given voxel counts in a 1 mm volume with 20 mm of
+margin (as ingest writes them). One process, one thread for SimpleITK, BLAS and numba: "per core".
+Each engine runs every ROI ``--repeats`` times after one warm-up call (numba's cache, pyradiomics'
+schema); the best time counts. The agreement of the two outputs is printed as the largest
+relative difference (the agreement tests hold the tolerance; this only shows it is the same work).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(var, "1")
+
+import numpy as np  # noqa: E402
+import SimpleITK as sitk  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _record import publish  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def lesion(voxels: int, seed: int) -> tuple[sitk.Image, sitk.Image]:
+    """A z-scored smooth noisy volume and an irregular lesion of about ``voxels`` voxels."""
+    rng = np.random.default_rng(seed)
+    radius = (3 * voxels / (4 * np.pi)) ** (1 / 3)
+    n = int(2 * radius + 44)
+    shape = (n, n, n)
+    noise = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(
+        sitk.GetImageFromArray(rng.normal(size=shape).astype(np.float32)), 2.0))
+    img = noise / noise.std() + 0.35 * rng.normal(size=shape)
+    img = ((img - img.mean()) / img.std()).astype(np.float32)
+    zz, yy, xx = np.indices(shape, dtype=np.float32)
+    c = n / 2
+    d = np.sqrt(((zz - c) / (radius * 1.1)) ** 2 + ((yy - c) / radius) ** 2
+                + ((xx - c) / (radius * 0.9)) ** 2)
+    mask = (d + 0.1 * noise / noise.std() <= 1.0).astype(np.uint8)
+    image = sitk.GetImageFromArray(img)
+    m = sitk.GetImageFromArray(mask)
+    m.CopyInformation(image)
+    return image, m
+
+
+def best_of(fn, repeats: int) -> tuple[float, dict]:
+    out = fn()  # warm-up
+    best = np.inf
+    for _ in range(repeats):
+        t = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - t)
+    return best, out
+
+
+def max_rel_diff(a: dict, b: dict) -> float:
+    worst = 0.0
+    for k, ref in b.items():
+        x, r = float(a[k]), float(ref)
+        if np.isnan(r) and np.isnan(x):
+            continue
+        if abs(r) < 1e-9:
+            worst = max(worst, abs(x - r))
+        else:
+            worst = max(worst, abs(x - r) / abs(r))
+    return worst
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[5000, 30000, 100000])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--params", default=str(ROOT / "features" / "params" / "radiomics.yaml"))
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    logging.getLogger("radiomics").setLevel(logging.ERROR)
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+    from features.engine import ENGINE_NAME, ENGINE_VERSION, extract
+    from features.radiomics import extract_pyradiomics, load_params
+
+    params = load_params(args.params)
+    rows = []
+    for i, size in enumerate(args.sizes):
+        image, mask = lesion(size, seed=i)
+        n = int(sitk.GetArrayViewFromImage(mask).sum())
+        ours_s, ours = best_of(lambda im=image, m=mask: extract(im, m, params), args.repeats)
+        ref_s, ref = best_of(lambda im=image, m=mask: extract_pyradiomics(im, m, params),
+                             args.repeats)
+        ref = {k: v for k, v in ref.items() if not k.startswith("diagnostics_")}
+        diff = max_rel_diff(ours, ref)
+        rows.append((size, n, len(ref), ours_s, ref_s, diff))
+        print(f"{n} voxels, {len(ref)} features: ours {ours_s:.3f} s, pyradiomics {ref_s:.3f} s "
+              f"-> {ref_s / ours_s:.1f}x (max rel diff {diff:.1e})", flush=True)
+    total_ours = sum(r[3] for r in rows)
+    total_ref = sum(r[4] for r in rows)
+    lines = [
+        f"\n### Radiomics engine, {dt.date.today()} ({platform.machine()}, 1 thread, load average "
+        f"at start {', '.join(f'{x:.1f}' for x in os.getloadavg())})\n\n",
+        f"Command: `.venv/bin/python benchmarks/radiomics/run.py --sizes "
+        f"{' '.join(map(str, args.sizes))} --repeats {args.repeats}` "
+        f"({Path(args.params).name}; {ENGINE_NAME} {ENGINE_VERSION} vs pyradiomics 3.0.1)\n\n",
+        "| ROI voxels | features | ours s | pyradiomics s | ROIs/s per core, ratio (ours / pyradiomics) "
+        "| max rel diff |\n|---|---|---|---|---|---|\n",
+        *(f"| {r[1]} | {r[2]} | {r[3]:.3f} | {r[4]:.3f} | {r[4] / r[3]:.1f} | {r[5]:.1e} |\n"
+          for r in rows),
+        f"| all | | {total_ours:.3f} | {total_ref:.3f} | {total_ref / total_ours:.1f} | |\n",
+    ]
+    publish("".join(lines), write=not args.no_write)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The engine's driver: one ROI in, pyradiomics' feature dict out (same keys, same order).
+
+Per ROI the mask is checked and cropped once and its voxel neighbourhoods (``RoiGeometry``) are
+built once; per image type the filters yield the images pyradiomics would, each discretised once
+and handed to every texture class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from features.engine import filters
+from features.engine.discretise import discretise
+from features.engine.firstorder import firstorder_features
+from features.engine.geometry import RoiGeometry
+from features.engine.glcm import glcm_features
+from features.engine.gldm import gldm_features
+from features.engine.glrlm import glrlm_features
+from features.engine.glszm import glszm_features
+from features.engine.ngtdm import ngtdm_features
+from features.engine.settings import EngineParams, parse_params
+from features.engine.shape import shape_features
+
+__all__ = ["extract", "extract_parsed"]
+
+
+
+def extract(image: sitk.Image, mask: sitk.Image, params: Mapping[str, Any]) -> dict[str, float]:
+    """pyradiomics' features of the ROI ``mask`` (``setting.label``) in ``image``, no diagnostics.
+
+    Keys and order are those of ``RadiomicsFeatureExtractor(params).execute(image, mask)``
+    ("original_shape_MeshVolume", "wavelet-LLH_glcm_Contrast", ...). Raises
+    ``RadiomicsParamsError`` for parameters the engine does not compute and ``FeatureError``
+    (naming the reason) for a ROI pyradiomics refuses.
+    """
+    return extract_parsed(image, mask, parse_params(params))
+
+
+def extract_parsed(image: sitk.Image, mask: sitk.Image, params: EngineParams) -> dict[str, float]:
+    """:func:`extract` with parameters already parsed (parse once, extract many ROIs)."""
+    roi = filters.prepare(image, mask, params)
+    out: dict[str, float] = {}
+    if params.shape_features:
+        shape = _class_function("shape")(roi.mask, roi.spacing)
+        for name in params.shape_features:
+            out[f"original_shape_{name}"] = float(shape[name])
+    classes = params.texture_classes
+    if not classes:
+        return out
+    geometry = RoiGeometry.from_mask(roi.mask)
+    for image_type in params.image_types:
+        for image_name, array in filters.images(roi, image_type):
+            q, _ = discretise(array, geometry, image_type.bin_width, image_type.bin_count)
+            for cls, names in classes:
+                if cls == "firstorder":
+                    values = firstorder_features(geometry.values(array), geometry.values(q),
+                                                 roi.spacing, image_type.voxel_array_shift)
+                else:
+                    values = _class_function(cls)(q, geometry)
+                for name in names:
+                    out[f"{image_name}_{cls}_{name}"] = _as_float(values[name])
+    return out
+
+
+def _as_float(value: Any) -> float:
+    return float(np.asarray(value).reshape(()))
+
+
+_CLASSES: dict[str, Callable[..., dict[str, Any]]] = {
+    "shape": shape_features, "glcm": glcm_features, "glrlm": glrlm_features,
+    "glszm": glszm_features, "gldm": gldm_features, "ngtdm": ngtdm_features,
+}
+
+
+def _class_function(cls: str) -> Callable[..., dict[str, Any]]:
+    """The feature function of class ``cls`` (``features.engine.<cls>.<cls>_features``)."""
+    if cls not in _CLASSES:
+        raise ValueError(f"no engine module for feature class {cls!r}")
+    return _CLASSES[cls]

@@ -1,0 +1,260 @@
+"""The ROI checks, crops and image filters of pyradiomics' ``featureextractor.execute``.
+
+Only the feature arithmetic of the engine is its own; everything that makes the images the
+features are computed on is pyradiomics' pipeline, step for step, with the same SimpleITK and
+pywt calls (``getMask``, ``checkMask``, ``cropToTumorMask`` with ``preCrop``/``padDistance``,
+``getOriginalImage``, ``getLoGImage``, ``getWaveletImage``/``_swt3``), so that filtered voxels are
+identical to pyradiomics'. Arrays are in SimpleITK's numpy order (z, y, x).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pywt
+import SimpleITK as sitk
+
+from features.engine.settings import EngineParams, ImageTypeParams
+from features.errors import FeatureError
+
+__all__ = ["Roi", "check_mask", "crop_to_mask", "images", "log_image", "log_name", "prepare",
+           "wavelet_images"]
+
+_MASK_FIX = "check that the mask is the ROI's binary mask on the image grid"
+_GEOMETRY_FIX = ("resample the mask onto the image grid, raise setting.geometryTolerance, or set "
+                 "setting.correctMask: true")
+# _checkROI's allowance for machine precision when correctMask compares physical bounds
+_ROI_BOUNDS_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Roi:
+    """A checked ROI: the image the filters run on, and the ROI's bounding box in it.
+
+    ``image`` is the input image, or with ``preCrop`` its crop to the ROI plus ``padDistance``;
+    ``array`` its voxels; ``box`` the (z, y, x) slices of the ROI's bounding box into ``array``;
+    ``mask`` the ROI inside that box (the box feature classes and shape work on).
+    """
+
+    image: sitk.Image
+    array: np.ndarray
+    box: tuple[slice, slice, slice]
+    mask: np.ndarray
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel spacing (x, y, z) in mm, as ``image.GetSpacing()``."""
+        return tuple(self.image.GetSpacing())
+
+
+def prepare(image: sitk.Image, mask: sitk.Image, params: EngineParams) -> Roi:
+    """Check the mask and crop as ``loadImage`` + ``checkMask`` do; FeatureError names the reason."""
+    if not isinstance(image, sitk.Image) or not isinstance(mask, sitk.Image):
+        raise TypeError(f"expected SimpleITK images, got image={type(image).__name__}, "
+                        f"mask={type(mask).__name__}")
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise FeatureError(
+            f"expected a 3D scalar image, got {image.GetDimension()}D with "
+            f"{image.GetNumberOfComponentsPerPixel()} component(s)", fix=_MASK_FIX)
+    if mask.GetDimension() != 3:
+        raise FeatureError(f"image/mask dimension mismatch: a 3D image and a "
+                           f"{mask.GetDimension()}D mask", fix=_MASK_FIX)
+    mask = _get_mask(mask, params.label)
+    bounds, mask = check_mask(image, mask, params)
+    if params.pre_crop:
+        image, mask = crop_to_mask(image, mask, bounds, params.pad_distance)
+        bounds, mask = check_mask(image, mask, params)
+    box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in bounds)
+    roi = sitk.GetArrayViewFromImage(mask)[box] == params.label
+    return Roi(image=image, array=sitk.GetArrayFromImage(image), box=box, mask=roi)
+
+
+def _get_mask(mask: sitk.Image, label: int) -> sitk.Image:
+    """``imageoperations.getMask``: channel 0 of a vector mask, UInt32, the label present."""
+    if mask.GetNumberOfComponentsPerPixel() > 1:
+        selector = sitk.VectorIndexSelectionCastImageFilter()
+        selector.SetIndex(0)
+        mask = selector.Execute(mask)
+    mask = sitk.Cast(mask, sitk.sitkUInt32)
+    values = sitk.GetArrayViewFromImage(mask)
+    if values.min() == values.max():
+        raise FeatureError("no labels found in the mask: it holds a single value "
+                           f"({int(values.min())}), nothing is segmented", fix=_MASK_FIX)
+    if not (values == label).any():
+        raise FeatureError(f"label {label} is not present in the mask", fix=_MASK_FIX)
+    return mask
+
+
+def _same_space(image: sitk.Image, mask: sitk.Image, tolerance: float | None) -> bool:
+    """ITK's physical-space check of two filter inputs (what LabelStatisticsImageFilter runs).
+
+    Origins and spacings may differ by ``tolerance`` times the image's first spacing, direction
+    cosines by ``tolerance``; without ``geometryTolerance`` SimpleITK's global defaults apply,
+    which is what pyradiomics then gets too.
+    """
+    if tolerance is None:
+        coordinate = sitk.ProcessObject.GetGlobalDefaultCoordinateTolerance()
+        direction = sitk.ProcessObject.GetGlobalDefaultDirectionTolerance()
+    else:
+        coordinate = direction = tolerance
+    coordinate = abs(coordinate * image.GetSpacing()[0])
+
+    def close(a: tuple[float, ...], b: tuple[float, ...], tol: float) -> bool:
+        return bool(np.all(np.abs(np.subtract(a, b)) <= tol))
+
+    return (close(image.GetOrigin(), mask.GetOrigin(), coordinate)
+            and close(image.GetSpacing(), mask.GetSpacing(), coordinate)
+            and close(image.GetDirection(), mask.GetDirection(), direction))
+
+
+def check_mask(image: sitk.Image, mask: sitk.Image, params: EngineParams
+               ) -> tuple[np.ndarray, sitk.Image]:
+    """``imageoperations.checkMask``: (z, y, x) lower/upper bounds of the ROI and the mask used.
+
+    The mask comes back resampled onto the image grid when it did not fit and ``correctMask``
+    is on (pyradiomics' ``_correctMask``).
+    """
+    fits = image.GetSize() == mask.GetSize() and _same_space(image, mask, params.geometry_tolerance)
+    if not fits:
+        if not params.correct_mask:
+            what = ("size" if image.GetSize() != mask.GetSize() else "geometry (origin, spacing or "
+                    "direction beyond geometryTolerance)")
+            raise FeatureError(
+                f"image/mask {what} mismatch: image size {image.GetSize()}, origin "
+                f"{image.GetOrigin()}, spacing {image.GetSpacing()}; mask size {mask.GetSize()}, "
+                f"origin {mask.GetOrigin()}, spacing {mask.GetSpacing()}", fix=_GEOMETRY_FIX)
+        mask = _correct_mask(image, mask, params.label)
+    roi = sitk.GetArrayViewFromImage(mask) == params.label
+    if not roi.any():
+        raise FeatureError(f"label {params.label} is not present in the mask", fix=_MASK_FIX)
+    bounds = _bounds(roi)
+    extent = bounds[:, 1] - bounds[:, 0] + 1
+    n_dims = int(np.sum(extent > 1))
+    if n_dims == 0:
+        raise FeatureError("the mask holds a single segmented voxel; features need more",
+                           fix=_MASK_FIX)
+    if n_dims < params.minimum_roi_dimensions:
+        raise FeatureError(
+            f"the ROI spans {n_dims} dimension(s), fewer than minimumROIDimensions="
+            f"{params.minimum_roi_dimensions} (bounding box {extent[::-1].tolist()} voxels x, y, z)",
+            fix="lower setting.minimumROIDimensions, or drop this ROI")
+    if params.minimum_roi_size is not None:
+        n_voxels = int(np.count_nonzero(roi))
+        if n_voxels <= params.minimum_roi_size:  # pyradiomics refuses a ROI of exactly the minimum
+            raise FeatureError(
+                f"the ROI has {n_voxels} voxels; pyradiomics needs more than minimumROISize="
+                f"{params.minimum_roi_size}", fix="lower setting.minimumROISize, or drop this ROI")
+    return bounds, mask
+
+
+def _bounds(roi: np.ndarray) -> np.ndarray:
+    """(3, 2) array of the first and last index of ``roi`` along z, y, x."""
+    out = np.empty((3, 2), dtype=np.int64)
+    for axis in range(3):
+        hit = np.flatnonzero(roi.any(axis=tuple(a for a in range(3) if a != axis)))
+        out[axis] = hit[0], hit[-1]
+    return out
+
+
+def _correct_mask(image: sitk.Image, mask: sitk.Image, label: int) -> sitk.Image:
+    """``_correctMask``/``_checkROI``: resample the mask onto the image if its ROI lies inside it."""
+    roi = sitk.GetArrayViewFromImage(mask) == label
+    if not roi.any():
+        raise FeatureError(f"label {label} is not present in the mask", fix=_MASK_FIX)
+    bounds = _bounds(roi)[::-1].astype(float)  # x, y, z
+    lower = mask.TransformContinuousIndexToPhysicalPoint(tuple(bounds[:, 0] - 0.5))
+    upper = mask.TransformContinuousIndexToPhysicalPoint(tuple(bounds[:, 1] + 0.5))
+    corners = np.array([image.TransformPhysicalPointToContinuousIndex(lower),
+                        image.TransformPhysicalPointToContinuousIndex(upper)])
+    if (np.any(corners.min(axis=0) < -0.5 - _ROI_BOUNDS_TOLERANCE)
+            or np.any(corners.max(axis=0) > np.array(image.GetSize()) - 0.5 + _ROI_BOUNDS_TOLERANCE)):
+        raise FeatureError(
+            f"the ROI's bounding box reaches outside the image (ROI corners in image index space "
+            f"{corners.tolist()}, image size {image.GetSize()}), so correctMask cannot resample it",
+            fix=_MASK_FIX)
+    resample = sitk.ResampleImageFilter()
+    resample.SetReferenceImage(image)
+    resample.SetInterpolator(sitk.sitkNearestNeighbor)
+    return resample.Execute(mask)
+
+
+def crop_to_mask(image: sitk.Image, mask: sitk.Image, bounds: np.ndarray, pad: int = 0
+                 ) -> tuple[sitk.Image, sitk.Image]:
+    """``cropToTumorMask``: both images cropped to the (z, y, x) ``bounds`` plus ``pad`` voxels."""
+    size = np.array(mask.GetSize())
+    bx = bounds[::-1]  # x, y, z
+    lower = np.maximum(bx[:, 0] - pad, 0)
+    upper = np.maximum(size - bx[:, 1] - pad - 1, 0)
+    crop = sitk.CropImageFilter()
+    crop.SetLowerBoundaryCropSize([int(v) for v in lower])
+    crop.SetUpperBoundaryCropSize([int(v) for v in upper])
+    return crop.Execute(image), crop.Execute(mask)
+
+
+def log_name(sigma: float) -> str:
+    """pyradiomics' image type name for a LoG sigma: 1.0 -> ``log-sigma-1-0-mm-3D``."""
+    return f"log-sigma-{str(sigma).replace('.', '-')}-mm-3D"
+
+
+def log_sigmas(image: sitk.Image, sigmas: tuple[float, ...]) -> list[float]:
+    """The sigmas ``getLoGImage`` filters with: none below 4 voxels a side, none wider than the image."""
+    size = np.array(image.GetSize())
+    spacing = np.array(image.GetSpacing())
+    if np.min(size) < 4:
+        return []
+    return [s for s in sigmas if s > 0.0 and np.all(size >= np.ceil(s / spacing) + 1)]
+
+
+def log_image(image: sitk.Image, sigma: float) -> np.ndarray:
+    """SimpleITK's recursive-Gaussian LoG, normalised across scale, as ``getLoGImage`` runs it."""
+    log = sitk.LaplacianRecursiveGaussianImageFilter()
+    log.SetNormalizeAcrossScale(True)
+    log.SetSigma(sigma)
+    return sitk.GetArrayFromImage(log.Execute(image))
+
+
+def wavelet_images(array: np.ndarray, wavelet: str = "coif1", level: int = 1, start_level: int = 0
+                   ) -> list[tuple[str, np.ndarray]]:
+    """``getWaveletImage``/``_swt3`` on a (z, y, x) array: (name, sub-band) in pyradiomics' order.
+
+    Odd axes are wrap-padded by one voxel for ``pywt.swtn`` and cropped back; each level is one
+    single-level ``swtn`` of the previous approximation; sub-band letters follow the axes
+    (x, y, z), 'a' -> 'L' and 'd' -> 'H'; the approximation comes last.
+    """
+    axes = (2, 1, 0)
+    shape = array.shape
+    padding = tuple((0, 1 if n % 2 != 0 else 0) for n in shape)
+    back = tuple(slice(None, -1 if n % 2 != 0 else None) for n in shape)
+    data = np.pad(array, padding, "wrap")  # a new array: the input is never modified
+    wl = pywt.Wavelet(wavelet)
+    approx_key = "a" * len(axes)
+    for _ in range(start_level):
+        data = pywt.swtn(data, wl, level=1, start_level=0, axes=axes)[0][approx_key].copy()
+    out: list[tuple[str, np.ndarray]] = []
+    for idx in range(1, level + 1):
+        dec = pywt.swtn(data, wl, level=1, start_level=0, axes=axes)[0]
+        data = dec[approx_key].copy()
+        prefix = "wavelet-" if idx == 1 else f"wavelet{idx}-"
+        for key, band in dec.items():
+            if key != approx_key:
+                out.append((prefix + key.replace("a", "L").replace("d", "H"), band[back]))
+    prefix = "wavelet-" if level == 1 else f"wavelet{level}-"
+    out.append((prefix + "L" * len(axes), data[back]))
+    return out
+
+
+def images(roi: Roi, image_type: ImageTypeParams) -> Iterator[tuple[str, np.ndarray]]:
+    """(pyradiomics image type name, image cropped to the ROI box) for one enabled image type."""
+    if image_type.kind == "Original":
+        yield "original", roi.array[roi.box]
+    elif image_type.kind == "LoG":
+        for sigma in log_sigmas(roi.image, image_type.sigma):
+            yield log_name(sigma), log_image(roi.image, sigma)[roi.box]
+    elif image_type.kind == "Wavelet":
+        for name, band in wavelet_images(roi.array, image_type.wavelet, image_type.level,
+                                         image_type.start_level):
+            yield name, band[roi.box]
+    else:  # parse_params lets no other kind through
+        raise ValueError(f"unknown image type {image_type.kind!r}")

@@ -1,0 +1,191 @@
+"""GLCM features exactly as pyradiomics 3.0.1 computes them (default settings).
+
+pyradiomics (``radiomics/glcm.py`` + ``calculate_glcm`` in ``cmatrices.c``) counts, per angle of
+the 13 of distance 1, the ordered pairs (voxel, neighbour) inside the ROI, deletes the grey levels
+absent from the ROI, makes each matrix symmetrical (``P + P.T``), drops angles without any pair,
+normalises each angle and averages the per-angle feature values with ``nanmean``. Here the ROI's
+levels are laid on its box grown by one voxel (-1 outside the ROI), and one scan of the ROI
+voxels (``RoiGeometry.flat``) looks up the 13 neighbours of each without bounds checks: the same
+pairs as ``RoiGeometry.pairs``, without streaming 16 bytes of indices per pair for every image.
+
+Details kept from pyradiomics: Idmn/Idn and the k ranges of p_{x+y}/p_{x-y} use Ng = the highest
+grey level present in the ROI (not the number of present levels); Correlation is 1 and Imc1 is 0
+where their divisor is 0; Imc2 is 0 where HXY2 == HXY (and NaN where rounding makes it complex);
+JointAverage is a plain mean over angles; MCC is the square root of the second largest
+eigenvalue of Q, and 1 when the ROI has one grey level. MCC takes a symmetric eigenproblem
+where a proven bound keeps it within 1e-6 (relative) of ``numpy.linalg.eigvals`` on the stack of
+angles, which is what pyradiomics runs and what we run otherwise.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from features.engine._glcm_kernels import (
+    EPS,
+    N_FEATURES,
+    compact_levels,
+    glcm_angle_features,
+    glcm_counts,
+    mcc_q_matrices,
+    padded_labels,
+    padded_strides,
+)
+from features.engine.geometry import OFFSETS, RoiGeometry
+from features.errors import FeatureError
+
+__all__ = ["ANGLES", "GLCM_FEATURES", "glcm_features", "nanmean_angles", "roi_levels"]
+
+ANGLES: np.ndarray = np.ascontiguousarray(OFFSETS[::-1])
+"""The 13 offsets in pyradiomics' order ((1, 1, 1) first): per-angle values are averaged in that
+order, so that the means round as pyradiomics' do."""
+
+_ANGLE_FEATURES = (
+    "Autocorrelation", "JointAverage", "ClusterProminence", "ClusterShade", "ClusterTendency",
+    "Contrast", "Correlation", "DifferenceAverage", "DifferenceEntropy", "DifferenceVariance",
+    "JointEnergy", "JointEntropy", "Imc1", "Imc2", "Idm", "Idmn", "Id", "Idn", "InverseVariance",
+    "MaximumProbability", "SumAverage", "SumEntropy", "SumSquares",
+)
+assert len(_ANGLE_FEATURES) == N_FEATURES
+
+GLCM_FEATURES: tuple[str, ...] = _ANGLE_FEATURES + ("MCC",)
+"""The 24 non-deprecated GLCM features of pyradiomics 3.0.1 (names without prefix)."""
+
+
+def roi_levels(q: np.ndarray, geometry: RoiGeometry) -> tuple[np.ndarray, np.ndarray]:
+    """Grey levels present in the ROI of the discretised image ``q`` and each ROI voxel's index among them.
+
+    Shared by the texture classes: pyradiomics deletes empty grey levels from its matrices, which
+    is the same as indexing them by present level. Raises :class:`FeatureError` on an empty ROI or
+    on levels below 1 (``q`` must come from pyradiomics' ``binImage`` discretisation).
+    """
+    if geometry.n_voxels == 0:
+        raise FeatureError("the ROI has no voxels, so no texture matrix can be computed",
+                           fix="check that the mask holds the label inside the image")
+    v = geometry.values(q)
+    if not np.issubdtype(v.dtype, np.integer):
+        raise FeatureError(f"the discretised image has dtype {v.dtype}, not integer grey levels",
+                           fix="discretise the image (binWidth/binCount) before texture features")
+    v = v.astype(np.int64, copy=False)
+    if int(v.min()) < 1:
+        raise FeatureError(f"the discretised ROI has grey level {int(v.min())}; levels start at 1",
+                           fix="discretise the image with pyradiomics' binning (levels 1..Ng)")
+    return compact_levels(v)
+
+
+def nanmean_angles(values: np.ndarray) -> np.ndarray:
+    """pyradiomics' ``numpy.nanmean`` over angles (axis 0 of ``values``), NaN where every angle is NaN.
+
+    Taken along the contiguous axis, as pyradiomics takes it, so numpy adds in the same order.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.ascontiguousarray(values.T), axis=1)
+
+
+def _q_matrices(p: np.ndarray) -> np.ndarray:
+    """pyradiomics' MCC matrices Q of each angle, bit for bit (see :func:`mcc_q_matrices`).
+
+    ``px``/``py`` are summed as pyradiomics sums them, on its (1, n, n, angles) layout: numpy's
+    order of addition depends on that layout (pairwise where the summed axis is innermost).
+    """
+    layout = np.ascontiguousarray(p.transpose(1, 2, 0))[None]
+    px = np.ascontiguousarray(layout.sum(2)[0].T)
+    py = np.ascontiguousarray(layout.sum(1)[0].T)
+    return mcc_q_matrices(p, px, py)
+
+
+def _mcc_exact(qmat: np.ndarray) -> float:
+    """MCC as pyradiomics computes it: sqrt of the 2nd largest eigenvalue of each angle's Q, nanmean.
+
+    ``numpy.linalg.eigvals`` runs on the whole stack of angles as in pyradiomics, so that a
+    complex result for one angle turns the stack complex there too (it decides between NaN and 0
+    for negative rounding residues).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        eig = np.linalg.eigvals(qmat)
+        eig.sort()
+        mcc = np.sqrt(eig[:, -2])
+        return float(np.nanmean(mcc).real)
+
+
+_MCC_REL_BOUND = 1e-6
+"""Largest proven relative gap to the exact MCC that the symmetric shortcut may leave (tests: 1e-4)."""
+
+
+def _eigenvalue_bound(lam: np.ndarray, skew: float) -> float:
+    """How far the 2nd largest eigenvalue of H + K may lie from that of H (ascending ``lam``), ||K|| <= skew.
+
+    Bauer-Fike: each eigenvalue of H + K lies within ``skew`` of one of H, and a connected group
+    of these intervals holds as many of each; so the 2nd largest stays in the group around
+    ``lam[-2]``. An isolated simple eigenvalue (gap d) moves at most skew^2 / (d - 2 skew), as K
+    is skew-symmetric (Schur complement, u'Ku = 0).
+    """
+    n = lam.size
+    lo = hi = n - 2
+    while lo > 0 and lam[lo] - lam[lo - 1] <= 2 * skew:
+        lo -= 1
+    while hi < n - 1 and lam[hi + 1] - lam[hi] <= 2 * skew:
+        hi += 1
+    if lo < hi:
+        return float(max(lam[hi] - lam[n - 2], lam[n - 2] - lam[lo]) + skew)
+    gap = lam[n - 1] - lam[n - 2] if n < 3 else min(lam[n - 1] - lam[n - 2], lam[n - 2] - lam[n - 3])
+    return float(min(skew, skew ** 2 / (gap - 2 * skew)))
+
+
+def _mcc_symmetric(qmat: np.ndarray, px: np.ndarray) -> float | None:
+    """MCC from a symmetric eigenproblem, or None where its error bound is not small enough.
+
+    ``S = R^1/2 Q R^-1/2`` (R = diag(px)) has Q's eigenvalues and is symmetric but for
+    pyradiomics' eps; ``eigvalsh`` of its symmetric part H is ~4x cheaper than ``eigvals(Q)``,
+    and :func:`_eigenvalue_bound` bounds what the skew part K changes. Used only where that bound
+    keeps MCC within ``_MCC_REL_BOUND`` of the exact value and away from 0 (where pyradiomics'
+    NaN/complex rounding matters); otherwise the caller runs :func:`_mcc_exact`.
+    """
+    n = qmat.shape[1]
+    root = np.sqrt(np.where(px > 0, px, 1.0))
+    sym = root[:, :, None] * qmat / root[:, None, :]
+    skew = 0.5 * np.sqrt(((sym - sym.transpose(0, 2, 1)) ** 2).sum(axis=(1, 2)))
+    lam = np.linalg.eigvalsh(0.5 * (sym + sym.transpose(0, 2, 1)))  # ascending
+    slack = 64 * n * EPS * np.abs(lam).max(axis=1)  # rounding of Q, H and eigvalsh
+    for a in range(lam.shape[0]):
+        lam2 = lam[a, -2]
+        bound = _eigenvalue_bound(lam[a], float(skew[a])) + slack[a]
+        if lam2 - bound < 1e-6 or bound > 2 * _MCC_REL_BOUND * np.sqrt(lam2 * (lam2 - bound)):
+            return None
+    return float(np.sqrt(lam[:, -2]).mean())
+
+
+def _mcc(p: np.ndarray) -> float:
+    """MCC of the stack of normalised matrices ``p`` (pyradiomics' value, see the two helpers).
+
+    The shortcut takes Q from a matrix product (its rounding is inside the bound's slack); the
+    exact path takes pyradiomics' own Q, bit for bit.
+    """
+    px = p.sum(axis=2)
+    qmat = (p / (px[:, :, None] * p.sum(axis=1)[:, None, :] + EPS)) @ p.transpose(0, 2, 1)
+    fast = _mcc_symmetric(qmat, px)
+    return _mcc_exact(_q_matrices(p)) if fast is None else fast
+
+
+def glcm_features(q: np.ndarray, geometry: RoiGeometry) -> dict[str, float]:
+    """The 24 GLCM features of the ROI in the discretised image ``q`` (pyradiomics' values and names)."""
+    levels, codes = roi_levels(q, geometry)
+    n = levels.size
+    lab, pos = padded_labels(geometry.flat, geometry.shape, codes)
+    counts = glcm_counts(lab, pos, n, padded_strides(geometry.shape, ANGLES))
+    keep = counts.reshape(counts.shape[0], -1).any(axis=1)
+    if not keep.any():  # no two neighbouring ROI voxels: every angle is empty
+        out = dict.fromkeys(_ANGLE_FEATURES, float("nan"))
+        out["MCC"] = 1.0 if n < 2 else float("nan")
+        return out
+    feats, p = glcm_angle_features(np.ascontiguousarray(counts[keep]), levels.astype(np.float64),
+                                   int(levels[-1]))
+    mean = nanmean_angles(feats)
+    out = {name: float(x) for name, x in zip(_ANGLE_FEATURES, mean, strict=True)}
+    out["JointAverage"] = float(feats[:, 1].mean())  # pyradiomics: plain mean, not nanmean
+    out["MCC"] = 1.0 if n < 2 else _mcc(p)
+    return out
