@@ -22,11 +22,10 @@ from features.engine.gldm import gldm_features
 from features.engine.glrlm import glrlm_features
 from features.engine.glszm import glszm_features
 from features.engine.ngtdm import ngtdm_features
-from features.engine.settings import EngineParams, parse_params
+from features.engine.settings import EngineParams, ImageTypeParams, parse_params
 from features.engine.shape import shape_features
 
-__all__ = ["extract", "extract_parsed"]
-
+__all__ = ["add_image_features", "extract", "extract_parsed", "shape_entries"]
 
 
 def extract(image: sitk.Image, mask: sitk.Image, params: Mapping[str, Any]) -> dict[str, float]:
@@ -43,27 +42,39 @@ def extract(image: sitk.Image, mask: sitk.Image, params: Mapping[str, Any]) -> d
 def extract_parsed(image: sitk.Image, mask: sitk.Image, params: EngineParams) -> dict[str, float]:
     """:func:`extract` with parameters already parsed (parse once, extract many ROIs)."""
     roi = filters.prepare(image, mask, params)
+    out = shape_entries(roi, params)
+    if not params.texture_classes:
+        return out
+    geometry = RoiGeometry.from_mask(roi.mask)
+    for image_type in params.image_types:
+        for image_name, array in filters.images(roi, image_type):
+            add_image_features(out, image_name, array, geometry, image_type, params, roi.spacing)
+    return out
+
+
+def shape_entries(roi: filters.Roi, params: EngineParams) -> dict[str, float]:
+    """The ``original_shape_*`` entries of a prepared ROI (empty when shape is off)."""
     out: dict[str, float] = {}
     if params.shape_features:
         shape = _class_function("shape")(roi.mask, roi.spacing)
         for name in params.shape_features:
             out[f"original_shape_{name}"] = float(shape[name])
-    classes = params.texture_classes
-    if not classes:
-        return out
-    geometry = RoiGeometry.from_mask(roi.mask)
-    for image_type in params.image_types:
-        for image_name, array in filters.images(roi, image_type):
-            q, _ = discretise(array, geometry, image_type.bin_width, image_type.bin_count)
-            for cls, names in classes:
-                if cls == "firstorder":
-                    values = firstorder_features(geometry.values(array), geometry.values(q),
-                                                 roi.spacing, image_type.voxel_array_shift)
-                else:
-                    values = _class_function(cls)(q, geometry)
-                for name in names:
-                    out[f"{image_name}_{cls}_{name}"] = _as_float(values[name])
     return out
+
+
+def add_image_features(out: dict[str, float], image_name: str, array: np.ndarray,
+                       geometry: RoiGeometry, image_type: ImageTypeParams, params: EngineParams,
+                       spacing: tuple[float, float, float]) -> None:
+    """Add the texture classes' features of one image (``array``: the ROI box) to ``out``."""
+    q, _ = discretise(array, geometry, image_type.bin_width, image_type.bin_count)
+    for cls, names in params.texture_classes:
+        if cls == "firstorder":
+            values = firstorder_features(geometry.values(array), geometry.values(q), spacing,
+                                         image_type.voxel_array_shift)
+        else:
+            values = _class_function(cls)(q, geometry)
+        for name in names:
+            out[f"{image_name}_{cls}_{name}"] = _as_float(values[name])
 
 
 def _as_float(value: Any) -> float:

@@ -19,8 +19,8 @@ import SimpleITK as sitk
 from features.engine.settings import EngineParams, ImageTypeParams
 from features.errors import FeatureError
 
-__all__ = ["Roi", "check_mask", "crop_to_mask", "images", "log_image", "log_name", "prepare",
-           "wavelet_images"]
+__all__ = ["Roi", "check_mask", "crop_region", "crop_to_mask", "images", "log_image", "log_name",
+           "log_sigmas", "prepare", "wavelet_images"]
 
 _MASK_FIX = "check that the mask is the ROI's binary mask on the image grid"
 _GEOMETRY_FIX = ("resample the mask onto the image grid, raise setting.geometryTolerance, or set "
@@ -35,13 +35,15 @@ class Roi:
 
     ``image`` is the input image, or with ``preCrop`` its crop to the ROI plus ``padDistance``;
     ``array`` its voxels; ``box`` the (z, y, x) slices of the ROI's bounding box into ``array``;
-    ``mask`` the ROI inside that box (the box feature classes and shape work on).
+    ``mask`` the ROI inside that box (the box feature classes and shape work on); ``offset`` the
+    (z, y, x) index in the input image of ``array[0, 0, 0]`` (zeros without ``preCrop``).
     """
 
     image: sitk.Image
     array: np.ndarray
     box: tuple[slice, slice, slice]
     mask: np.ndarray
+    offset: tuple[int, int, int] = (0, 0, 0)
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -63,12 +65,14 @@ def prepare(image: sitk.Image, mask: sitk.Image, params: EngineParams) -> Roi:
                            f"{mask.GetDimension()}D mask", fix=_MASK_FIX)
     mask = _get_mask(mask, params.label)
     bounds, mask = check_mask(image, mask, params)
+    offset = (0, 0, 0)
     if params.pre_crop:
+        offset = tuple(int(v) for v in np.maximum(bounds[:, 0] - params.pad_distance, 0))
         image, mask = crop_to_mask(image, mask, bounds, params.pad_distance)
         bounds, mask = check_mask(image, mask, params)
     box = tuple(slice(int(lo), int(hi) + 1) for lo, hi in bounds)
     roi = sitk.GetArrayViewFromImage(mask)[box] == params.label
-    return Roi(image=image, array=sitk.GetArrayFromImage(image), box=box, mask=roi)
+    return Roi(image=image, array=sitk.GetArrayFromImage(image), box=box, mask=roi, offset=offset)
 
 
 def _get_mask(mask: sitk.Image, label: int) -> sitk.Image:
@@ -183,14 +187,19 @@ def _correct_mask(image: sitk.Image, mask: sitk.Image, label: int) -> sitk.Image
 def crop_to_mask(image: sitk.Image, mask: sitk.Image, bounds: np.ndarray, pad: int = 0
                  ) -> tuple[sitk.Image, sitk.Image]:
     """``cropToTumorMask``: both images cropped to the (z, y, x) ``bounds`` plus ``pad`` voxels."""
-    size = np.array(mask.GetSize())
-    bx = bounds[::-1]  # x, y, z
-    lower = np.maximum(bx[:, 0] - pad, 0)
-    upper = np.maximum(size - bx[:, 1] - pad - 1, 0)
+    size = np.array(mask.GetSize())[::-1]  # z, y, x
+    start = np.maximum(bounds[:, 0] - pad, 0)
+    stop = np.minimum(bounds[:, 1] + pad + 1, size)
+    return crop_region(image, start, stop), crop_region(mask, start, stop)
+
+
+def crop_region(image: sitk.Image, start: np.ndarray, stop: np.ndarray) -> sitk.Image:
+    """``image`` cropped to the (z, y, x) index region ``[start, stop)`` (SimpleITK's crop filter)."""
+    size = np.array(image.GetSize())
     crop = sitk.CropImageFilter()
-    crop.SetLowerBoundaryCropSize([int(v) for v in lower])
-    crop.SetUpperBoundaryCropSize([int(v) for v in upper])
-    return crop.Execute(image), crop.Execute(mask)
+    crop.SetLowerBoundaryCropSize([int(v) for v in np.asarray(start)[::-1]])
+    crop.SetUpperBoundaryCropSize([int(v) for v in size - np.asarray(stop)[::-1]])
+    return crop.Execute(image)
 
 
 def log_name(sigma: float) -> str:
