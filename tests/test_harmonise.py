@@ -113,11 +113,11 @@ def test_constant_and_missing_columns_pass_through_and_unknown_centers_are_named
 
 
 def test_a_center_with_too_few_rows_is_refused() -> None:
-    from training.dataset import TrainingDataError
+    from training.harmonise import HarmonisationError
 
     frame = _frame()
     train = pd.concat([frame[frame.center == "A"], frame[frame.center == "B"].head(2)])
-    with pytest.raises(TrainingDataError, match=r"'B': 2"):
+    with pytest.raises(HarmonisationError, match=r"'B': 2"):
         fit_harmoniser(train, train.center, COLUMNS)
 
 

@@ -149,7 +149,7 @@ class TrainingRun:
     timings: dict[str, float] = field(default_factory=dict)
     tag: str = ""  # the registry's tag, once the candidate is saved
     diagnostics: Diagnostics | None = None  # feature shift and selection stability (the report)
-    harmonisation: dict[str, Any] | None = None  # training.harmonisation_run.HarmonisationRun.to_json
+    levers: dict[str, Any] = field(default_factory=dict)  # "harmonisation", "stability" (JSON-ready)
 
     @property
     def report_path(self) -> Path:
@@ -224,7 +224,8 @@ class TrainingRun:
             "library_versions": self.library_versions,
             **self.result.to_json(),
             "diagnostics": None if self.diagnostics is None else self.diagnostics.to_json(),
-            "harmonisation": self.harmonisation or {"method": "none"},
+            "harmonisation": self.levers.get("harmonisation") or {"method": "none"},
+            "stability": self.levers.get("stability"),
             "timings": dict(self.timings),
         }
 
@@ -232,6 +233,7 @@ class TrainingRun:
         """What :func:`training.report.render_report` lays out (metrics, tests, curves, meta,
         the transfer sections)."""
         from training.harmonisation_run import report_line
+        from training.stability_filter import stability_line
         from training.transfer import ranked_by, ranking_record, transfer_check
 
         result, study = self.result, self.study
@@ -250,9 +252,9 @@ class TrainingRun:
                 f"{c['classifier'].upper()} {c['cv_auc_mean']:.3f}"
                 for c in result.classifier_comparison),
             "fusion cutoff": f"{result.fusion.cutoff_:.3f} ({study.cutoff.policy})",
-            "harmonisation": report_line(self.harmonisation),
-            "training-set metrics": "imaging models out-of-fold; fusion on out-of-fold imaging "
-                                    "scores; clinical in-sample",
+            "harmonisation": report_line(self.levers.get("harmonisation")),
+            "stability filter": stability_line(self.levers.get("stability")),
+            "training-set metrics": "imaging out-of-fold; fusion on out-of-fold scores; clinical in-sample",
         }
         return {
             "models": self.table_metrics(),

@@ -31,11 +31,14 @@ import numpy as np
 import pandas as pd
 
 from atrx.errors import DataError
-from training.dataset import TrainingDataError
 
-__all__ = ["Harmoniser", "UnknownCenter", "fit_harmoniser"]
+__all__ = ["Harmoniser", "HarmonisationError", "UnknownCenter", "fit_harmoniser"]
 
 MIN_ROWS_PER_CENTER = 3
+
+
+class HarmonisationError(DataError):
+    """ComBat cannot be fitted or adapted: a center has too few rows (bad input, exit code 2)."""
 
 
 class UnknownCenter(DataError):
@@ -96,7 +99,7 @@ class Harmoniser:
         from neuroCombat.neuroCombat import aprior, bprior, it_sol
 
         if len(X) < MIN_ROWS_PER_CENTER:
-            raise TrainingDataError(
+            raise HarmonisationError(
                 f"center {center!r} has {len(X)} row(s); ComBat needs at least "
                 f"{MIN_ROWS_PER_CENTER} to estimate its location and scale",
                 fix="add the center's patients, or set harmonisation.method: none",
@@ -162,7 +165,7 @@ def fit_harmoniser(X: pd.DataFrame, centers: Sequence[str], columns: Sequence[st
     counts = labels.value_counts()
     small = counts[counts < MIN_ROWS_PER_CENTER]
     if len(small):
-        raise TrainingDataError(
+        raise HarmonisationError(
             f"training center(s) {small.to_dict()} have fewer than {MIN_ROWS_PER_CENTER} rows; "
             "ComBat cannot estimate their location and scale",
             fix="train on more patients per center, or set harmonisation.method: none",

@@ -36,6 +36,7 @@ from training.artifacts import (
 from training.dataset import resolve_as_of, split, training_frame
 from training.diagnostics import diagnose
 from training.protocol import ProgressFn, run_protocol
+from training.stability_filter import apply_stability
 from training.study import StudyConfig, load_study
 
 __all__ = ["Trained", "is_bad_input", "run_train", "train"]
@@ -86,6 +87,11 @@ def train(
         say(f"training frame: {data.n_rows} patients x {data.frame.shape[1]} columns "
             f"({timings['features']:.0f} s); fitting {len(study.imaging_models())} imaging models")
         t = time.perf_counter()
+        data.frame, stability = apply_stability(data.frame, ws, data.feature_versions,
+                                                study.stability.min_icc)
+        if stability is not None:
+            say(f"stability filter (ICC >= {stability.min_icc}): {stability.kept} radiomics "
+                f"features kept, {len(stability.dropped)} dropped")
         prepared = harmonisation_run.prepare(data.frame, sp, study)
         if prepared.harmoniser is not None:
             say(f"ComBat harmonisation of {len(prepared.harmoniser.features)} imaging features "
@@ -100,7 +106,8 @@ def train(
 
         run = TrainingRun(run_id, study, study_path, data, sp, result, Path(ws.runs) / run_id,
                           libraries, timings, diagnostics=diagnostics,
-                          harmonisation=prepared.to_json())
+                          levers={"harmonisation": prepared.to_json(),
+                                  "stability": None if stability is None else stability.to_json()})
         t = time.perf_counter()
         run.run_dir.mkdir(parents=True, exist_ok=True)
         figures = write_figures(result, run.run_dir, diagnostics)

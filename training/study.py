@@ -187,6 +187,14 @@ class HarmonisationConfig(StrictModel):
     method: Literal["none", "combat"] = "none"
 
 
+class StabilityConfig(StrictModel):
+    """Keep only radiomics features that are stable under small mask and grid perturbations (not
+    in the paper; issue 12). ``min_icc``: the ICC(2,1) a radiomics feature needs in the table
+    ``atrx stability`` writes (``null``: no filter). Deep features are not filtered."""
+
+    min_icc: float | None = Field(None, ge=0.0, le=1.0)
+
+
 class PromotionConfig(StrictModel):
     """Retraining promotes a candidate when AUC(candidate) >= AUC(production) - margin, both on
     the candidate's validation + test rows. A negative margin demands a strict improvement."""
@@ -220,6 +228,7 @@ class StudyConfig(StrictModel):
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
     harmonisation: HarmonisationConfig = Field(default_factory=HarmonisationConfig)
+    stability: StabilityConfig = Field(default_factory=StabilityConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
 
     @field_validator("clinical_variables")

@@ -17,6 +17,7 @@ from atrx.cli import demo as _demo
 from atrx.cli import features as _features
 from atrx.cli import ingest as _ingest
 from atrx.cli import serving as _serving
+from atrx.cli import stability as _stability
 from atrx.cli import training as _training
 from atrx.cli._common import AtrxGroup, setup_logging
 
@@ -38,6 +39,7 @@ def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug l
 
 _ingest.register(app, center_app)
 _features.register(app)
+_stability.register(app)
 _training.register(app, models_app)
 _serving.register(app)
 _demo.register(app)
