@@ -67,7 +67,7 @@ def compute(run: FeaturesRun, batches: Sequence[list[Target]], results: dict[Tar
     with dask_client(run.scheduler, run.workers, run.gpus) as client:
         from distributed import as_completed
 
-        _check_worker_libraries(client, recipe.libraries)
+        check_worker_libraries(client, recipe.libraries)
         futures: dict[Any, list[Target]] = {}
         deep = [b for b in batches if b[0].kind == "dl"]
         for (t,) in (b for b in batches if b[0].kind == "rad"):
@@ -129,7 +129,7 @@ def check_outcome(t: Target, res: TaskResult, names: list[str]) -> Outcome:
                    res.seconds)
 
 
-def _check_worker_libraries(client: Any, libs: dict[str, str]) -> None:
+def check_worker_libraries(client: Any, libs: dict[str, str]) -> None:
     """Refuse workers whose libraries differ from the driver's: the feature version would lie."""
     seen = client.run(features_library_versions)
     bad = {w: {k: v for k, v in got.items() if libs.get(k) != v} for w, got in seen.items()}

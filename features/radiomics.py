@@ -121,17 +121,6 @@ def pyradiomics_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k != "engine"}
 
 
-def engine_label(params: Mapping[str, Any]) -> str:
-    """Name and version of the engine ``params`` choose, as feature versions record them."""
-    if engine_of(params) == "pyradiomics":
-        import radiomics
-
-        return str(radiomics.__version__)  # "v3.0.1": the label versions always had
-    from features.engine import ENGINE_NAME, ENGINE_VERSION
-
-    return f"{ENGINE_NAME} {ENGINE_VERSION}"
-
-
 def params_hash(params: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of the PyRadiomics settings (the engine is hashed apart, by
     :func:`features.versioning.radiomics_version`): the same settings always give the same id."""

@@ -35,13 +35,18 @@ from atrx.names import ROIS, SEQUENCES, view_name
 from atrx.stability import write_stability
 from atrx.versions import library_versions
 from atrx.workspace import Workspace
-from features.compute import _check_worker_libraries
+from features.compute import check_worker_libraries
 from features.context import ProgressFn
 from features.errors import FeatureError
-from features.radiomics import engine_label, extract_radiomics, load_params, radiomics_feature_names
+from features.radiomics import extract_radiomics, load_params, radiomics_feature_names
 from features.stability import CONDITIONS, MIN_VOXELS, PERTURBATIONS, icc_table, perturbed
 from features.tasks import load_scan, to_sitk
-from features.versioning import features_library_versions, radiomics_params_hash, radiomics_version
+from features.versioning import (
+    engine_label,
+    features_library_versions,
+    radiomics_params_hash,
+    radiomics_version,
+)
 
 __all__ = ["ConditionsResult", "StabilitySummary", "run_stability", "sample_studies", "stability_task"]
 
@@ -195,7 +200,7 @@ def _compute(ws: Workspace, chosen: Sequence[StudyVersion], params: Mapping[str,
     with dask_client(scheduler, workers) as client:
         from distributed import as_completed
 
-        _check_worker_libraries(client, features_library_versions())
+        check_worker_libraries(client, features_library_versions())
         futures = {}
         for s in chosen:
             for roi in ROIS:

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from atrx.versions import FEATURES_LIBRARIES, library_versions
-from features.radiomics import engine_label, params_hash
+from features.radiomics import engine_of, params_hash
 
 #: how a stored study version becomes PyRadiomics input (see features.tasks.radiomics_task)
 RADIOMICS_RECIPE: Final[str] = (
@@ -41,6 +41,18 @@ def pyradiomics_version() -> str:
     import radiomics
 
     return str(radiomics.__version__)
+
+
+def engine_label(params: Mapping[str, Any]) -> str:
+    """Name and version of the engine ``params`` choose, as feature versions record them.
+
+    PyRadiomics keeps the label versions always had (its release, ``v3.0.1``), so a file run by it
+    keeps its pre-engine version."""
+    if engine_of(params) == "pyradiomics":
+        return pyradiomics_version()
+    from features.engine import ENGINE_NAME, ENGINE_VERSION
+
+    return f"{ENGINE_NAME} {ENGINE_VERSION}"
 
 
 def features_library_versions() -> dict[str, str]:

@@ -123,24 +123,11 @@ def test_a_center_with_too_few_rows_is_refused() -> None:
 
 # --- end to end: train, register, serve --------------------------------------------------------
 
-COMBAT_STUDY = """\
-name: tiny-combat
-imaging:
-  feature_types: [radiomics]
-  rois: [overall]
-  compare_classifiers: [lr]
-selection:
-  lasso_cv: 3
-  lasso_cs: 5
-harmonisation:
-  method: combat
-"""
-
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory):
     """A workspace whose production model was trained with ComBat, materialised and served."""
-    from test_serving import API_KEY, build_workspace
+    from test_serving import API_KEY, TINY_STUDY, build_workspace
 
     from atrx import registry
     from serving.materialize import run_materialize
@@ -151,7 +138,7 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("harmonise")
     ws = build_workspace(root / "home")
     study_path = root / "combat.yaml"
-    study_path.write_text(COMBAT_STUDY)
+    study_path.write_text(TINY_STUDY + "harmonisation:\n  method: combat\n")
     trained = train(ws, "2025-01-01", load_study(study_path), study_path)
     registry.promote(ws, trained.run.tag, reason="test")
     run_materialize(ws)

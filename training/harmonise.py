@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,8 +211,3 @@ def harmonise_frame(frame: pd.DataFrame, train_rows: np.ndarray, columns: Sequen
         h.adapt(frame.loc[centers == center], center)
     return h.transform(frame, centers.tolist()), h
 
-
-def estimates_mapping(h: Harmoniser) -> Mapping[str, Any]:
-    """Plain arrays of ``h`` (for tests and debugging)."""
-    return {"features": list(h.features), "stand_mean": h.stand_mean, "var_pooled": h.var_pooled,
-            "centers": {c: (e.gamma, e.delta) for c, e in h.centers.items()}}
