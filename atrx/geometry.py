@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from atrx.errors import DataError
 
-__all__ = ["Grid", "geometry_of", "image_on_grid", "reference_from_geometry"]
+__all__ = ["Grid", "as_grid", "continuous_index", "geometry_of", "image_on_grid", "reference_from_geometry"]
 
 
 class Grid(TypedDict):
@@ -62,3 +62,29 @@ def image_on_grid(array: np.ndarray, geometry: Grid | Mapping[str, Any]) -> sitk
             fix="the store's geometry attrs and arrays disagree: re-ingest this study",
         )
     return _place(image, geometry)
+
+
+def as_grid(grid: Grid | Mapping[str, Any] | sitk.Image | Any) -> Grid:
+    """Any description of a grid as a :class:`Grid`: an image, a mapping, or an object with
+    ``size``, ``spacing``, ``origin`` and ``direction`` attributes (a plan's header geometry).
+
+    Ingest compares masks against grids that come from headers, from images and from the store;
+    one form keeps those comparisons one piece of code.
+    """
+    if isinstance(grid, sitk.Image):
+        return geometry_of(grid)
+    get = grid.__getitem__ if isinstance(grid, Mapping) else lambda k: getattr(grid, k)
+    return {
+        "spacing": [float(v) for v in get("spacing")],
+        "origin": [float(v) for v in get("origin")],
+        "direction": [float(v) for v in get("direction")],
+        "size": [int(v) for v in get("size")],
+    }
+
+
+def continuous_index(grid: Grid | Mapping[str, Any], point: Any) -> np.ndarray:
+    """The (x, y, z) continuous voxel index of a physical ``point`` on ``grid`` (what SimpleITK's
+    ``TransformPhysicalPointToContinuousIndex`` gives, without building an image)."""
+    n = len(grid["spacing"])
+    matrix = np.asarray(grid["direction"], dtype=float).reshape(n, n) * np.asarray(grid["spacing"], dtype=float)
+    return np.linalg.solve(matrix, np.asarray(point, dtype=float) - np.asarray(grid["origin"], dtype=float))

@@ -1,7 +1,9 @@
 """Read a center's clinical sheet (CSV or XLSX) into normalised records, one problem per bad cell.
 
 Values are mapped through the config's value maps; anything unmapped or unparseable is a problem
-naming the sheet, the row, the column, the value and the fix, never a silent NaN.
+naming the sheet, the row, the column, the value and the fix, never a silent NaN. Codes match
+ignoring case and surrounding whitespace ('Loss', 'retained ' beside 'loss', 'retained'), and
+every such loose match is listed in a note, so nothing is matched behind the engineer's back.
 """
 
 from __future__ import annotations
@@ -10,20 +12,22 @@ import datetime as dt
 import hashlib
 import json
 import math
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
 
-from atrx.config.center import ClinicalSheet
+from atrx.config.base import shown
+from atrx.config.center import ClinicalSheet, code_key
 from atrx.errors import InputError
 
 Sex = Literal["male", "female"]
 WhoGrade = Literal[3, 4]
 AtrxStatus = Literal["mutant", "wildtype"]
 
-CANONICAL = {
+CANONICAL: dict[str, dict[str, str | int]] = {
     "sex": {"male": "male", "female": "female"},
     "who_grade": {"3": 3, "4": 4},
     "atrx_status": {"mutant": "mutant", "wildtype": "wildtype"},
@@ -65,6 +69,8 @@ class ClinicalSheetResult:
     #: raw ids whose rows could not be used (bad cell or duplicate)
     rejected: set[str] = field(default_factory=set)
     n_rows: int = 0
+    #: notes on the sheet as a whole (codes matched ignoring case or whitespace), one per column
+    notes: list[str] = field(default_factory=list)
 
 
 class ClinicalSheetError(InputError):
@@ -140,12 +146,24 @@ def _date(value: Any, formats: list[str]) -> dt.date:
     raise ValueError(text)
 
 
+def _loose_note(column: str, matches: Counter[tuple[str, str]], limit: int = 8) -> str:
+    """``ATRX: matched 'Loss' (3 rows) as 'loss', 'retained ' as 'retained' by case/whitespace``."""
+    parts = [f"{shown(seen)}{f' ({n} rows)' if n > 1 else ''} as {shown(code)}"
+             for (seen, code), n in sorted(matches.items())]
+    more = f" and {len(parts) - limit} more" if len(parts) > limit else ""
+    return f"{column}: matched {', '.join(parts[:limit])}{more} by case/whitespace"
+
+
 def parse_clinical(path: Path, sheet: ClinicalSheet) -> ClinicalSheetResult:
     """Parse every row; a row with any bad cell is rejected as a whole and reported cell by cell."""
     frame = read_sheet(path, sheet)
     result = ClinicalSheetResult(n_rows=len(frame))
     cols = sheet.columns
     seen: dict[str, int] = {}
+    exact: dict[str, dict[str, str | int]] = {ours: {} for ours in CANONICAL}
+    exact.update({ours: {str(k): v for k, v in codes.items()} for ours, codes in sheet.values.items()})
+    loose = {ours: {code_key(k): (k, v) for k, v in exact[ours].items()} for ours in CANONICAL}
+    loose_matches: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)
     for i, row in enumerate(frame.to_dict(orient="records")):
         rownum = i + 2
         raw = row[cols["patient_id"]]
@@ -175,24 +193,31 @@ def parse_clinical(path: Path, sheet: ClinicalSheet) -> ClinicalSheetResult:
             if _is_blank(cell):
                 problem(ours, "empty", f"fill in {ours} or exclude the patient")
                 continue
-            mapping = {str(k): v for k, v in sheet.values.get(ours, {}).items()}
             key = _key(cell)
-            target = mapping.get(key, key)
-            canon = CANONICAL[ours].get(str(target).lower())
+            code, target = key, exact[ours].get(key)
+            if target is None:  # case/whitespace variant of a code, else maybe one of our values
+                code, target = loose[ours].get(code_key(key), (key, key))
+            canon = CANONICAL[ours].get(code_key(target))
             if canon is None:
-                problem(ours, f"value {key!r} is not mapped",
+                problem(ours, f"value {shown(cell)} is not mapped",
                         f"add it to clinical.values.{ours} (targets: {sorted(CANONICAL[ours])})")
-            else:
-                values[ours] = canon
+                continue
+            values[ours] = canon
+            written = cell if isinstance(cell, str) else key
+            if written not in exact[ours] and written not in CANONICAL[ours]:
+                loose_matches[cols[ours]][(written, code if code in exact[ours] else str(canon))] += 1
         for ours in ("age", "vasari_score"):
             cell = row[cols[ours]]
+            if _is_blank(cell):  # XLSX cells such as 'n/a' read as missing too
+                problem(ours, "empty (or a missing-value mark such as n/a)", f"fill in {ours} or exclude the patient")
+                continue
             try:
                 number = _number(cell, sheet.decimal)
                 if math.isnan(number):
                     raise ValueError
                 values[ours] = number
             except (TypeError, ValueError):
-                problem(ours, f"{cell!r} is not a number",
+                problem(ours, f"{shown(cell)} is not a number",
                         f"write a number (decimal mark {sheet.decimal!r}, see clinical.decimal)")
         for ours in ("pathology_date", "scan_date"):
             if ours not in cols:
@@ -210,10 +235,11 @@ def parse_clinical(path: Path, sheet: ClinicalSheet) -> ClinicalSheetResult:
                 problem(ours, f"date {str(cell)!r} matches none of {sheet.date_formats}",
                         "fix the cell or add its format to clinical.date_formats")
         if "age" in values and not (0 < values["age"] < 120):
-            problem("age", f"age {values['age']} is out of range", "check the age column and its unit (years)")
+            problem("age", f"age {shown(values['age'])} is out of range", "check the age column and its unit (years)")
         if bad:
             result.rejected.add(raw_id)
             continue
         digest = hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()
         result.records[raw_id] = ClinicalRecord(raw_id=raw_id, row_hash=digest[:16], **values)
+    result.notes = [_loose_note(column, matches) for column, matches in loose_matches.items()]
     return result

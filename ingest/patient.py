@@ -22,6 +22,7 @@ from atrx.names import SEQUENCES, SOURCE_MASKS
 from atrx.versions import INGEST_LIBRARIES, library_versions
 from ingest.deid import redact_path, redact_text
 from ingest.discover import PatientPlan, SourceKind, SourceRef, StudyPlan
+from ingest.discover.files import file_sha256
 from ingest.preprocess import (
     PREPROCESS_VERSION,
     PreprocessedStudy,
@@ -64,6 +65,7 @@ class SourceDigest(TypedDict):
     kind: SourceKind
     space: NotRequired[str]  # masks: the sequence it was drawn on
     labels: NotRequired[list[int]]  # masks: the label values that count as inside
+    segment: NotRequired[str | int]  # masks: the Slicer segment chosen (name or label value), if any
     label: NotRequired[str]  # the description or file name, redacted
 
 
@@ -101,14 +103,6 @@ class KnownScan:
     source_hash: str
 
 
-def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def source_digest(study: StudyPlan, params_digest: str, cfg: CenterConfig) -> tuple[str, dict[str, SourceDigest]]:
     """Hash of every input byte of a study plus what turns them into arrays (labels, parameters)."""
     total = hashlib.sha256(f"params:{params_digest}".encode())
@@ -117,12 +111,14 @@ def source_digest(study: StudyPlan, params_digest: str, cfg: CenterConfig) -> tu
         ref: SourceRef = getattr(study, role)
         h = hashlib.sha256()
         for f in sorted(ref.files):
-            h.update(_file_sha256(f).encode())
+            h.update(file_sha256(f).encode())
         digest = h.hexdigest()
         extra = {}
         if role in SOURCE_MASKS:
             rule = getattr(cfg.masks, role)
             extra = {"space": rule.space, "labels": rule.labels}
+            if getattr(rule, "segment", None) is not None:  # only then: hashes without it stay as they were
+                extra["segment"] = rule.segment
         sources[role] = {"sha256": digest, "n_files": len(ref.files), "kind": ref.kind, **extra}
         total.update(f"{role}:{digest}:{extra}".encode())
     return total.hexdigest(), sources
@@ -151,10 +147,11 @@ def _preprocess(plan: PatientPlan, study: StudyPlan, cfg: CenterConfig, params: 
         t1c = read_image(study.t1c)
         current = study.t2f
         t2f = read_image(study.t2f)
+        images = {"t1c": t1c, "t2f": t2f}
         current = study.lesion
-        lesion = read_mask(study.lesion, cfg.masks.lesion.labels)
+        lesion = read_mask(study.lesion, cfg.masks.lesion, images[cfg.masks.lesion.space], "lesion")
         current = study.tumor
-        tumor = read_mask(study.tumor, cfg.masks.tumor.labels)
+        tumor = read_mask(study.tumor, cfg.masks.tumor, images[cfg.masks.tumor.space], "tumor")
         stage = "preprocess"
         return preprocess_study(t1c, t2f, lesion, cfg.masks.lesion.space, tumor, cfg.masks.tumor.space,
                                 params)

@@ -2,18 +2,21 @@
 
 DICOM series are read through SimpleITK/GDCM from exactly the files the plan chose, so a folder
 that mixes series works; rescale slope/intercept are applied by GDCM. Header metadata is never
-carried along, so no PHI can reach the store through an image.
+carried along, so no PHI can reach the store through an image. Masks are read by
+:mod:`ingest.masks`, the same code the plan checks them with (cropped masks, Slicer segments).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
+from atrx.config.center import MaskRule
 from atrx.errors import DataError
 from ingest.discover import SourceRef
+from ingest.masks import MaskError, MaskSelection, mask_from_image
 
 _REEXPORT = "re-export the file; it could not be read"
 
@@ -61,14 +64,22 @@ def read_image(ref: SourceRef) -> sitk.Image:
     return sitk.Cast(image, sitk.sitkFloat32)
 
 
-def read_mask(ref: SourceRef, labels: list[int]) -> sitk.Image:
-    """A binary uint8 mask of the voxels whose value is one of ``labels`` (multi-label files work)."""
+def read_mask(ref: SourceRef, rule: MaskRule | Sequence[int], reference: sitk.Image | None = None,
+              name: str = "mask") -> sitk.Image:
+    """A binary uint8 mask of the voxels the rule selects (labels, or a Slicer segment).
+
+    With ``reference`` (the sequence it was drawn on), a mask cropped to a sub-grid of it (3D
+    Slicer's default) is padded onto its grid, exactly as the plan accepted it; a mask on any
+    other grid is returned on its own, for the preprocessing's geometry check to refuse.
+    """
     try:
         image = sitk.ReadImage(ref.files[0])
     except RuntimeError as e:
         raise ReadError(f"cannot read mask {ref.label!r}: {str(e).strip().splitlines()[-1][:200]}",
                         fix="re-export the mask as NIfTI or NRRD") from e
-    values = sitk.GetArrayViewFromImage(image)
-    binary = sitk.GetImageFromArray(np.isin(values, labels).astype(np.uint8))
-    binary.CopyInformation(image)
-    return binary
+    try:
+        loaded = mask_from_image(image, MaskSelection.of(rule), reference, name=name,
+                                 space=getattr(rule, "space", "its sequence"))
+    except MaskError as e:
+        raise ReadError(f"mask {ref.label!r}: {e.message}", fix=e.fix) from e
+    return loaded.image

@@ -60,6 +60,27 @@ def test_valid_config_loads_with_paths_relative_to_the_file(tmp_path: Path) -> N
         ({"center": "a/b"}, "center"),
         ({"patients": {"id_regex": "^(.+)$"}}, "(?P<patient>"),
         ({"format": "nifti"}, "format is 'nifti'"),
+        # paths that name the patient: placeholders are known, and nothing leaves source
+        ({"masks": {**BASE["masks"], "lesion": {"glob": "{source}/masks/{patiet}.nii.gz", "space": "t2f"}}},
+         "masks.lesion.glob: Value error, unknown placeholder {patiet}"),
+        ({"masks": {**BASE["masks"], "lesion": {"glob": "{patiet}.nii.gz", "space": "t2f"}}},
+         "allowed: {patient} (the raw patient id), {folder} (the patient folder's name), {source}/"),
+        ({"masks": {**BASE["masks"], "lesion": {"glob": "../masks/{patient}.nii.gz", "space": "t2f"}}},
+         "masks.lesion.glob: Value error, '..' in '../masks/{patient}.nii.gz' refused"),
+        ({"masks": {**BASE["masks"], "tumor": {"glob": ["masks/t.nrrd", "{source}/../t.nrrd"], "space": "t1c"}}},
+         "masks.tumor.glob: Value error, '..' in '{source}/../t.nrrd' refused"),
+        ({"masks": {**BASE["masks"], "tumor": {"glob": "/data/masks/{patient}.nrrd", "space": "t1c"}}},
+         "masks.tumor.glob: Value error, absolute path '/data/masks/{patient}.nrrd' refused"),
+        ({"masks": {**BASE["masks"], "tumor": {"glob": "{source}/masks/*.nrrd", "space": "t1c"}}},
+         "names no patient"),
+        ({"masks": {**BASE["masks"], "tumor": {"glob": "{source}masks/{patient}.nrrd", "space": "t1c"}}},
+         "{source} must be followed by '/'"),
+        ({"masks": {**BASE["masks"], "tumor": {"glob": "masks/{patient.nrrd", "space": "t1c"}}}, "unbalanced brace"),
+        ({"patients": {"glob": "../*"}}, "patients.glob: Value error, '..' in '../*' refused"),
+        ({"patients": {"glob": "{patient}"}}, "unknown placeholder {patient} in '{patient}'; allowed: none here"),
+        ({"clinical": {**BASE["clinical"], "path": "{patient}.csv"}}, "the clinical sheet is one file per center"),
+        ({"clinical": {**BASE["clinical"], "values": {"sex": {"M": "male", "m ": "female"}}}},
+         "clinical: Value error, values.sex: codes 'M' -> 'male' and 'm' -> 'female' differ only in case"),
     ],
 )
 def test_bad_keys_and_values_name_the_file_and_key(tmp_path: Path, patch: dict, expected: str) -> None:
@@ -110,6 +131,28 @@ def test_preset_values_can_be_overridden(tmp_path: Path) -> None:
             "masks": {"tumor": {"labels": [3]}}, "deid": {"key": "k"}}
     cfg = load_center(write(tmp_path, data))
     assert cfg.masks.tumor.labels == [3] and cfg.masks.tumor.glob == "*-seg.nii.gz"
+
+
+def test_globs_may_name_the_patient_and_start_at_source(tmp_path: Path) -> None:
+    masks = {"lesion": {"glob": "{source}/masks/{patient}_lesion.nii.gz", "space": "t2f"},
+             "tumor": {"glob": ["{folder}/*tumor*.nrrd", "{source}/seg/{patient}/**/*.nrrd"], "space": "t1c"}}
+    clinical = {**BASE["clinical"], "path": "{source}/sheets/clinical.csv"}
+    cfg = load_center(write(tmp_path, {**BASE, "masks": masks, "clinical": clinical}))
+    assert cfg.masks.tumor.glob == ["{folder}/*tumor*.nrrd", "{source}/seg/{patient}/**/*.nrrd"]
+    assert cfg.clinical_path == (tmp_path / "export" / "sheets" / "clinical.csv").resolve()
+
+
+def test_bids_preset_looks_for_masks_in_derivatives(tmp_path: Path) -> None:
+    cfg = load_center(write(tmp_path, {"center": "BIDS", "source": "export", "preset": "bids",
+                                       "clinical": BASE["clinical"], "deid": {"key": "k"}}))
+    assert cfg.masks.lesion.glob == ["**/*_desc-lesion_mask.nii*",
+                                     "{source}/derivatives/*/{folder}/**/*_desc-lesion_mask.nii*",
+                                     "{source}/segmentations/{folder}/**/*_desc-lesion_mask.nii*"]
+
+
+def test_a_tab_delimiter_is_kept() -> None:
+    cfg = CenterConfig.model_validate({**BASE, "clinical": {**BASE["clinical"], "delimiter": "\t"}})
+    assert cfg.clinical.delimiter == "\t"
 
 
 def test_deid_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -137,6 +137,8 @@ def test_missing_sequence_mask_duplicate_and_clinical_faults(cohort: Path, tmp_p
     # A: patient 0 lacks its FLAIR series; patient 1 is exported twice under another folder name
     shutil.rmtree(next(d for d in (root / "A" / a[0]).iterdir() if "FLAIR" in d.name))
     shutil.copytree(root / "A" / a[1], root / "A" / "CQ9999999")
+    altered = sorted((root / "A" / "CQ9999999").rglob("*.dcm"))[0]  # a re-export, not a byte copy
+    altered.write_bytes(altered.read_bytes()[:-2] + b"\x00\x01")
     # C: patient 0 lacks its seg; patient 1's clinical row has a bad age
     (root / "C" / c[0] / f"{c[0]}-seg.nii.gz").unlink()
     sheet = pd.read_excel(root / "C" / "clinical_C.xlsx", sheet_name="patients", dtype=object)

@@ -1,10 +1,14 @@
-"""Load YAML into pydantic models with errors that name the file, the key and the fix."""
+"""Load YAML into pydantic models with errors that name the file, the key and the fix.
+
+Also the string rules every config shares: ``${VAR}`` expansion, the placeholders and confinement
+of file globs (:func:`check_glob`), and how a value reads in a message (:func:`shown`).
+"""
 
 from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, TypeVar
 
 import yaml
@@ -48,6 +52,71 @@ def expand_env(text: str) -> str:
     return _ENV.sub(sub, text)
 
 
+#: placeholders of a file glob: the raw patient id, the matched patient folder's name, and (first
+#: only, followed by '/') the export root instead of the patient folder
+PLACEHOLDERS = ("patient", "folder", "source")
+PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
+_PLACEHOLDER_HELP = ("{patient} (the raw patient id), {folder} (the patient folder's name), "
+                     "{source}/ at the start (the export root instead of the patient folder)")
+SOURCE_PREFIX = "{source}"
+
+
+def split_source(pattern: str) -> tuple[bool, str]:
+    """``(anchored at source, rest)``: ``"{source}/masks/*"`` -> ``(True, "masks/*")``."""
+    if pattern.startswith(SOURCE_PREFIX):
+        return True, pattern[len(SOURCE_PREFIX):].lstrip("/")
+    return False, pattern
+
+
+def check_glob(pattern: str, allowed: tuple[str, ...] = PLACEHOLDERS) -> str:
+    """Refuse a glob with an unknown placeholder or one that could leave ``source``.
+
+    Checked when the file is loaded, so a typo (``{patiet}``) or an escape (``..``, ``/abs``) is
+    an error naming the file and key before any folder is read.
+    """
+    names = PLACEHOLDER_RE.findall(pattern)
+    unknown = [n for n in names if n not in allowed]
+    if unknown:
+        allowed_txt = _PLACEHOLDER_HELP if allowed == PLACEHOLDERS else (
+            ", ".join(f"{{{a}}}" for a in allowed) or "none here")
+        raise ValueError(f"unknown placeholder {{{unknown[0]}}} in {pattern!r}; allowed: {allowed_txt}")
+    if "{" in PLACEHOLDER_RE.sub("", pattern) or "}" in PLACEHOLDER_RE.sub("", pattern):
+        raise ValueError(f"unbalanced brace in {pattern!r}; braces only write placeholders ({_PLACEHOLDER_HELP})")
+    anchored, rest = split_source(pattern)
+    if anchored and not pattern[len(SOURCE_PREFIX):].startswith("/"):
+        raise ValueError(f"{{source}} must be followed by '/' (e.g. '{{source}}/masks/{{patient}}_lesion.nii.gz'), "
+                         f"got {pattern!r}")
+    if SOURCE_PREFIX in rest:
+        raise ValueError(f"{{source}} may only start a path, got {pattern!r}")
+    if not rest:
+        raise ValueError(f"{pattern!r} names no file; add the path under source")
+    expanded = PLACEHOLDER_RE.sub("x", rest)
+    if PurePosixPath(expanded).is_absolute() or PureWindowsPath(expanded).drive or expanded.startswith(("~", "\\")):
+        raise ValueError(f"absolute path {pattern!r} refused: paths stay inside source; write it relative to "
+                         "the patient folder, or start it with {source}/ for the export root")
+    if ".." in PurePosixPath(expanded.replace("\\", "/")).parts:
+        raise ValueError(f"'..' in {pattern!r} refused: paths stay inside source; start the path with "
+                         "{source}/ to reach folders beside the patient folders")
+    if anchored and not {"patient", "folder"} & set(names):
+        raise ValueError(f"{pattern!r} starts at {{source}}/ but names no patient, so every patient would get the "
+                         "same files; put {patient} or {folder} in it (e.g. '{source}/masks/{patient}_lesion.nii.gz')")
+    return pattern
+
+
+def shown(value: Any) -> str:
+    """A value as a message shows it: numbers plain (``11.929``, never ``np.float64(11.929)``), text quoted."""
+    if type(value).__module__ == "numpy" and hasattr(value, "tolist"):
+        scalar_float = getattr(value, "ndim", None) == 0 and value.dtype.kind == "f"
+        # float(str()) keeps a float32 0.1 as 0.1 (its .item() is 0.10000000149011612)
+        value = float(str(value)) if scalar_float else value.tolist()
+    if isinstance(value, list | tuple):
+        inner = ", ".join(shown(v) for v in value)
+        return f"[{inner}]" if isinstance(value, list) else f"({inner}{',' if len(value) == 1 else ''})"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return repr(value)
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else repr(value)
+
+
 def _hint(err: dict[str, Any]) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
@@ -67,7 +136,7 @@ def format_validation_error(e: ValidationError) -> list[str]:
         got = err.get("input")
         got_txt = ""
         if err["type"] != "missing" and not isinstance(got, dict | list):
-            got_txt = f" (got {got!r})"
+            got_txt = f" (got {shown(got)})"
         lines.append(f"{loc}: {err['msg']}{got_txt}; {_hint(err)}")
     return lines
 

@@ -3,6 +3,12 @@
 Every level forbids unknown keys, so a misspelt key is an error that names itself. Presets
 (``brats2023``, ``bids``) fill in the layout of common NIfTI conventions; anything written in
 the file overrides them.
+
+File globs (sequences, masks) are relative to the patient folder, may name the patient
+(``{patient}``: the raw id, ``{folder}``: the patient folder's name) and may start at the export
+root (``{source}/masks/{patient}_lesion.nii.gz``), so masks kept beside the images need no links.
+They never leave ``source``: ``..`` and absolute paths are refused here, links out of it when
+the export is planned.
 """
 
 from __future__ import annotations
@@ -10,11 +16,20 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
+from pydantic import Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
-from atrx.config.base import ConfigError, StrictModel, expand_env, load_yaml_model
+from atrx.config.base import (
+    PLACEHOLDER_RE,
+    SOURCE_PREFIX,
+    ConfigError,
+    StrictModel,
+    check_glob,
+    expand_env,
+    load_yaml_model,
+    split_source,
+)
 from atrx.errors import InputError
 
 SequenceName = Literal["t1c", "t2f"]
@@ -33,6 +48,15 @@ def _check_regex(value: str, where: str) -> str:
     return value
 
 
+def _check_globs(value: str | list[str]) -> str | list[str]:
+    patterns = [value] if isinstance(value, str) else value
+    if not patterns:
+        raise ValueError("give at least one glob")
+    for pattern in patterns:
+        check_glob(pattern)
+    return value
+
+
 class PatientsRule(StrictModel):
     """How patients are found under ``source``: one folder (or file group) per patient."""
 
@@ -46,6 +70,11 @@ class PatientsRule(StrictModel):
         description="regex with a group 'date' (YYYYMMDD) on a file's path relative to the patient, "
         "for NIfTI exports whose scan date is only in the folder names (e.g. BIDS ses-20200131)",
     )
+
+    @field_validator("glob")
+    @classmethod
+    def _inside_source(cls, v: str) -> str:
+        return check_glob(v, allowed=())
 
     @field_validator("id_regex")
     @classmethod
@@ -74,7 +103,9 @@ class SequenceRule(StrictModel):
     exclude: dict[str, str] | None = Field(
         None, description="DICOM keyword -> regex; a series matching any of these is rejected"
     )
-    glob: str | None = Field(None, description="file glob relative to the patient folder (NIfTI/NRRD)")
+    glob: str | list[str] | None = Field(
+        None, description="file glob relative to the patient folder (NIfTI/NRRD); {patient}, {folder} and a "
+        "leading {source}/ expand; a list matches the union of its globs")
     on_multiple: Literal["error", "most_slices", "latest"] = Field(
         "error", description="what to do when several series match: refuse, or pick one"
     )
@@ -89,13 +120,24 @@ class SequenceRule(StrictModel):
             _check_regex(rx, key)
         return self
 
+    @field_validator("glob")
+    @classmethod
+    def _glob_inside(cls, v: str | list[str] | None) -> str | list[str] | None:
+        return None if v is None else _check_globs(v)
+
 
 class MaskRule(StrictModel):
     """Where a mask is, in which sequence's space it was drawn, and which labels make the ROI."""
 
-    glob: str = Field(description="file glob relative to the patient folder (NIfTI or NRRD)")
+    glob: str | list[str] = Field(
+        description="file glob relative to the patient folder (NIfTI or NRRD); {patient}, {folder} and a "
+        "leading {source}/ expand (e.g. '{source}/masks/{patient}_lesion.nii.gz'); a list matches the "
+        "union of its globs")
     space: SequenceName = Field(description="the sequence the mask was drawn on: t1c or t2f")
     labels: list[int] = Field(default_factory=lambda: [1], min_length=1)
+    segment: str | int | None = Field(
+        None, description="3D Slicer .seg.nrrd: the segment that is this mask, by name ('overall lesion') "
+        "or label value; needed when the file holds several segments (labels then do not apply)")
 
     @field_validator("labels")
     @classmethod
@@ -103,6 +145,11 @@ class MaskRule(StrictModel):
         if any(x <= 0 for x in v):
             raise ValueError("labels must be positive integers (0 is background)")
         return sorted(set(v))
+
+    @field_validator("glob")
+    @classmethod
+    def _glob_inside(cls, v: str | list[str]) -> str | list[str]:
+        return _check_globs(v)
 
 
 class Sequences(StrictModel):
@@ -133,12 +180,22 @@ REQUIRED_CLINICAL: tuple[str, ...] = (
 )
 
 
-class ClinicalSheet(StrictModel):
-    """The clinical sheet: a CSV (delimiter, decimal mark) or an XLSX sheet, mapped to our fields."""
+def code_key(code: object) -> str:
+    """A value-map code as matched: case and surrounding whitespace ignored ('Loss ' is 'loss')."""
+    return str(code).strip().casefold()
 
-    path: str = Field(description="relative to source (or absolute)")
+
+class ClinicalSheet(StrictModel):
+    """The clinical sheet: a CSV (delimiter, decimal mark) or an XLSX sheet, mapped to our fields.
+
+    Value-map codes match ignoring case and surrounding whitespace (sheets write 'Loss', 'loss ',
+    'LOSS' for one code); two codes that differ only so must therefore map to the same value.
+    """
+
+    path: str = Field(description="relative to source (or absolute); may start with {source}/")
     format: Literal["csv", "xlsx", "auto"] = "auto"
-    delimiter: str = ","
+    delimiter: Annotated[str, StringConstraints(strip_whitespace=False)] = Field(
+        ",", description="one character; a tab is written \"\\t\" (kept, not stripped as whitespace)")
     decimal: str = "."
     encoding: str = "utf-8"
     sheet: str | int | None = Field(None, description="XLSX sheet name or index (default: the first)")
@@ -174,7 +231,25 @@ class ClinicalSheet(StrictModel):
                 raise ValueError(
                     f"values.{fld} maps to {bad}; allowed targets are {sorted(map(str, allowed[fld]))}"
                 )
+            seen: dict[str, tuple[str, str | int]] = {}
+            for code, target in mapping.items():
+                first = seen.setdefault(code_key(code), (code, target))
+                if str(first[1]).lower() != str(target).lower():
+                    raise ValueError(
+                        f"values.{fld}: codes {first[0]!r} -> {first[1]!r} and {code!r} -> {target!r} differ only "
+                        "in case or surrounding whitespace, and codes are matched ignoring both; keep one of them")
         return self
+
+    @field_validator("path")
+    @classmethod
+    def _path_placeholders(cls, v: str) -> str:
+        unknown = [n for n in PLACEHOLDER_RE.findall(v) if n != "source"]
+        if unknown:
+            raise ValueError(f"unknown placeholder {{{unknown[0]}}} in {v!r}; the clinical sheet is one file per "
+                             "center, so only a leading {source}/ is allowed here")
+        if SOURCE_PREFIX in v and not v.startswith(SOURCE_PREFIX + "/"):
+            raise ValueError(f"{{source}} may only start the path, followed by '/', got {v!r}")
+        return v
 
 
 class Deid(StrictModel):
@@ -194,6 +269,12 @@ class Deid(StrictModel):
         )
 
 
+def _bids_masks(roi: str) -> list[str]:
+    name = f"*_desc-{roi}_mask.nii*"
+    return [f"**/{name}", f"{{source}}/derivatives/*/{{folder}}/**/{name}",
+            f"{{source}}/segmentations/{{folder}}/**/{name}"]
+
+
 PRESETS: dict[str, dict[str, Any]] = {
     # BraTS 2023 naming: <id>/<id>-t1c.nii.gz, -t2f.nii.gz and one multi-label -seg.nii.gz in T1c
     # space (1 necrosis, 2 edema, 3 enhancing): lesion = {1,2,3}, tumor = {1,3}.
@@ -206,7 +287,9 @@ PRESETS: dict[str, dict[str, Any]] = {
             "tumor": {"glob": "*-seg.nii.gz", "space": "t1c", "labels": [1, 3]},
         },
     },
-    # A BIDS-like layout: sub-<id>/ses-<YYYYMMDD>/anat/..., masks as derivatives beside them.
+    # A BIDS-like layout: sub-<id>/[ses-<YYYYMMDD>/]anat/...; masks in the subject folder, in a
+    # derivatives pipeline (derivatives/<pipeline>/sub-<id>/...) or in segmentations/sub-<id>/...
+    # at the root of source. A mask found in two of these places is refused as ambiguous.
     "bids": {
         "format": "nifti",
         "patients": {
@@ -216,8 +299,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "sequences": {"t1c": {"glob": "**/anat/*_ce-*_T1w.nii*"}, "t2f": {"glob": "**/anat/*_FLAIR.nii*"}},
         "masks": {
-            "lesion": {"glob": "**/*_desc-lesion_mask.nii*", "space": "t2f"},
-            "tumor": {"glob": "**/*_desc-tumor_mask.nii*", "space": "t1c"},
+            "lesion": {"glob": _bids_masks("lesion"), "space": "t2f"},
+            "tumor": {"glob": _bids_masks("tumor"), "space": "t1c"},
         },
     },
 }
@@ -287,7 +370,10 @@ class CenterConfig(StrictModel):
 
     @property
     def clinical_path(self) -> Path:
-        p = Path(self.clinical.path).expanduser()
+        anchored, rest = split_source(self.clinical.path)
+        if anchored:
+            return self.source_path / rest
+        p = Path(rest).expanduser()
         return p if p.is_absolute() else self.source_path / p
 
     def digest(self) -> str:

@@ -7,7 +7,8 @@ quarantine the patient, the others are notes.
 
 - :mod:`~ingest.discover.plan`: the plan's data (problems, sources, studies, patients, center)
 - :mod:`~ingest.discover.dicom`: DICOM files grouped into series, series chosen per study
-- :mod:`~ingest.discover.files`: globs and image headers, NIfTI/NRRD studies, the mask checks
+- :mod:`~ingest.discover.files`: globs (``{patient}``, ``{folder}``, ``{source}/``, kept inside
+  ``source``) and image headers, NIfTI/NRRD studies, the mask checks
 - :mod:`~ingest.discover.center`: :func:`plan_center`, the whole center and its clinical sheet
 """
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 from ingest.discover.center import plan_center
 from ingest.discover.dicom import HEADER_TAGS, NON_DICOM_SUFFIXES, SeriesInfo, scan_dicom_folder
-from ingest.discover.files import check_masks, file_geometry
+from ingest.discover.files import check_masks, expand_glob, file_geometry, inside_source
 from ingest.discover.plan import (
     CenterPlan,
     Geometry,
@@ -26,6 +27,7 @@ from ingest.discover.plan import (
     SourceKind,
     SourceRef,
     StudyPlan,
+    source_label,
 )
 
 __all__ = [
@@ -42,7 +44,10 @@ __all__ = [
     "SourceRef",
     "StudyPlan",
     "check_masks",
+    "expand_glob",
     "file_geometry",
+    "inside_source",
     "plan_center",
     "scan_dicom_folder",
+    "source_label",
 ]

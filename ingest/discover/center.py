@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 from atrx.config.center import CenterConfig
+from atrx.names import SOURCE_MASKS
 from ingest.clinical import ClinicalSheetError, ClinicalSheetResult, parse_clinical
 from ingest.deid import pseudonymise_patient
-from ingest.discover.dicom import plan_dicom_patient
+from ingest.discover.dicom import drop_identical_copies, plan_dicom_patient
 from ingest.discover.files import check_masks, plan_file_patient
-from ingest.discover.plan import CenterPlan, PatientPlan, Problem, relative
+from ingest.discover.plan import CenterPlan, PatientPlan, Problem, relative, source_label
 
 __all__ = ["plan_center"]
 
@@ -36,6 +38,9 @@ def plan_center(cfg: CenterConfig, key: str, read_masks: bool = True) -> CenterP
             cell_problems[cp.raw_id].append(Problem(
                 cp.raw_id, f"clinical row {cp.row}, column {cp.column!r}: {cp.message}", cp.fix,
                 relative(cfg.clinical_path, root), stage="clinical"))
+        problems.extend(Problem(None, note, "nothing to do if these are the codes you meant; otherwise add exact "
+                                "entries under clinical.values", relative(cfg.clinical_path, root),
+                                blocking=False, stage="clinical") for note in clinical.notes)
     except ClinicalSheetError as e:
         problems.append(Problem(None, str(e), e.fix or "fix the clinical sheet or the clinical section of "
                                 "the center file", relative(cfg.clinical_path, root), stage="clinical"))
@@ -54,11 +59,17 @@ def plan_center(cfg: CenterConfig, key: str, read_masks: bool = True) -> CenterP
     if not entries:
         problems.append(Problem(None, f"no patient folders match {cfg.patients.glob!r} under {root}",
                                 "check source and patients.glob"))
+    # a byte-identical copy of a folder (``P013 - Copy``) is processed once, noted on the one kept
+    copies = (drop_identical_copies(entries, set(clinical.records) | clinical.rejected if clinical else set(),
+                                    cfg.center, key) if cfg.sequences.is_dicom else {})
 
     plans: list[PatientPlan] = []
     for raw_id, folders in entries.items():
         plan = PatientPlan(raw_id, pseudonymise_patient(cfg.center, raw_id, key), str(folders[0]))
         plans.append(plan)
+        for note in copies.get(raw_id, []):
+            plan.refuse(note, "none needed (byte-identical copies); remove the copy to silence this note",
+                        blocking=False)
         if len(folders) > 1:
             plan.refuse(f"duplicate patient: id {raw_id!r} is in {len(folders)} folders "
                         f"{[f.name for f in folders]}", "keep one folder per patient (merge or remove the others)")
@@ -78,6 +89,7 @@ def plan_center(cfg: CenterConfig, key: str, read_masks: bool = True) -> CenterP
             plan_dicom_patient(cfg, plan, folders[0], key)
         else:
             plan_file_patient(cfg, plan, folders[0], key)
+        _label_masks_beside(plan, folders[0], root)
         for study in plan.studies:
             if study.scan_date is None and (plan.clinical is not None or cfg.sequences.is_dicom):
                 plan.refuse("no scan date", "map clinical.columns.scan_date or set patients.scan_date_regex "
@@ -97,6 +109,16 @@ def plan_center(cfg: CenterConfig, key: str, read_masks: bool = True) -> CenterP
             problems.append(Problem(raw_id, "clinical row without images", "check the export for this patient",
                                     relative(cfg.clinical_path, root), blocking=False, stage="clinical"))
     return CenterPlan(cfg, plans, problems, clinical)
+
+
+def _label_masks_beside(plan: PatientPlan, folder: Path, root: Path) -> None:
+    """A mask beside the patient folder (``{source}/masks/...``) is labelled by its path in the
+    export, never by its absolute path: labels are recorded (redacted) with every version."""
+    for study in plan.studies:
+        for role in SOURCE_MASKS:
+            ref = getattr(study, role)
+            if ref.kind == "file" and Path(ref.label).is_absolute():
+                setattr(study, role, replace(ref, label=source_label(ref.files[0], folder, root)))
 
 
 def _flag_duplicate_headers(plans: list[PatientPlan]) -> None:

@@ -7,19 +7,33 @@ the one place a plan reads voxels, to refuse an empty mask or one drawn on anoth
 from __future__ import annotations
 
 import datetime as dt
+import glob
+import hashlib
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
+from atrx.config.base import PLACEHOLDER_RE, split_source
 from atrx.config.center import CenterConfig, MaskRule, SequenceRule
 from atrx.names import SEQUENCES, SOURCE_MASKS
 from ingest.deid import pseudonymise_study
-from ingest.discover.plan import Geometry, PatientPlan, SourceRef, StudyPlan, relative
+from ingest.discover.plan import Geometry, PatientPlan, SourceRef, StudyPlan, relative, source_label
+from ingest.masks import check_mask
 
-__all__ = ["check_masks", "file_geometry", "glob_files", "mask_fits", "plan_file_patient"]
+__all__ = ["check_masks", "expand_glob", "file_geometry", "glob_files", "inside_source", "mask_fits",
+           "plan_file_patient"]
 
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks (source hashes, duplicate detection)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 def file_geometry(path: str) -> Geometry:
     """The grid of an image file from its header alone; anything but 3-D is a ValueError."""
@@ -32,13 +46,62 @@ def file_geometry(path: str) -> Geometry:
     return Geometry(tuple(size), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
 
 
-def glob_files(folder: Path, pattern: str, what: str, plan: PatientPlan, root: Path) -> list[Path]:
-    """Files under ``folder`` matching ``pattern``, sorted; none is a problem naming ``what``."""
-    found = sorted(p for p in folder.glob(pattern) if p.is_file())
+def _globs(pattern: str | Sequence[str] | None) -> tuple[str, ...]:
+    return () if pattern is None else (pattern,) if isinstance(pattern, str) else tuple(pattern)
+
+
+def expand_glob(pattern: str, raw_id: str, folder: Path, root: Path, literal: bool = True) -> tuple[Path, str]:
+    """``(base folder, glob under it)`` for one patient: ``{source}/`` starts at the export root.
+
+    ``{patient}`` and ``{folder}`` are escaped (``literal``), so an id like ``P[1]`` matches
+    itself and not ``P1``; ``literal`` False gives the text a message shows.
+    """
+    anchored, rest = split_source(pattern)
+    names = {"patient": raw_id, "folder": folder.name}
+    text = PLACEHOLDER_RE.sub(lambda m: glob.escape(names[m[1]]) if literal else names[m[1]], rest)
+    return (root if anchored else folder), text
+
+
+def inside_source(path: Path, root: Path) -> bool:
+    """Whether ``path``, links resolved, lies under the resolved ``root`` (links out are not followed)."""
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a link loop
+        return False
+
+
+def glob_files(folder: Path, pattern: str | Sequence[str], what: str, plan: PatientPlan, root: Path) -> list[Path]:
+    """Files matching ``pattern`` (a glob or a list of them, unioned) for this patient, sorted.
+
+    Globs are relative to ``folder`` unless they start with ``{source}/``; none matching is a
+    problem naming ``what``, and a match that leads outside ``source`` (a link) is refused, not read.
+    """
+    found: set[Path] = set()
+    shown: list[str] = []
+    for pat in _globs(pattern):
+        base, rel = expand_glob(pat, plan.raw_id, folder, root)
+        found.update(p for p in base.glob(rel) if p.is_file())
+        text = expand_glob(pat, plan.raw_id, folder, root, literal=False)[1]
+        shown.append(f"{text!r} under source" if base == root else f"{text!r} in the patient's folder")
+    inside = []
+    for p in sorted(found):
+        if inside_source(p, root):
+            inside.append(p)
+        else:
+            plan.refuse(f"{what}: {relative(p, root)} leads outside source (a link to {_target(p)}); not followed",
+                        "copy the file into the export, or point source at a folder that holds it",
+                        relative(p, root))
     if not found:
-        plan.refuse(f"missing {what}: nothing matches {pattern!r} in the patient's folder",
+        plan.refuse(f"missing {what}: nothing matches {' or '.join(shown)}",
                     f"add the file or fix the glob of {what} in the center file", relative(folder, root))
-    return found
+    return inside
+
+
+def _target(path: Path) -> str:
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):
+        return "a link loop"
 
 
 def mask_fits(mask: Path, geo: Geometry | None) -> bool:
@@ -84,49 +147,28 @@ def plan_file_patient(cfg: CenterConfig, plan: PatientPlan, folder: Path, key: s
     if len(geo) < 2:
         return
     scan_date = plan.clinical.scan_date if plan.clinical else None
+    labels = {role: source_label(chosen[role], folder, root) for role in chosen}
     if cfg.patients.scan_date_regex:
-        m = re.search(cfg.patients.scan_date_regex, relative(chosen["t1c"], folder))
+        m = re.search(cfg.patients.scan_date_regex, labels["t1c"])
         if m:
             scan_date = dt.datetime.strptime(m["date"], "%Y%m%d").date()
+    refs = {role: SourceRef("file", (str(chosen[role]),), labels[role]) for role in chosen}
     plan.studies.append(StudyPlan(
-        study_id=pseudonymise_study(cfg.center, plan.raw_id, f"date:{scan_date}", key),
-        scan_date=scan_date,
-        t1c=SourceRef("file", (str(chosen["t1c"]),), relative(chosen["t1c"], folder)),
-        t2f=SourceRef("file", (str(chosen["t2f"]),), relative(chosen["t2f"], folder)),
-        lesion=SourceRef("file", (str(chosen["lesion"]),), relative(chosen["lesion"], folder)),
-        tumor=SourceRef("file", (str(chosen["tumor"]),), relative(chosen["tumor"], folder)),
-        geometry=geo,
+        study_id=pseudonymise_study(cfg.center, plan.raw_id, f"date:{scan_date}", key), scan_date=scan_date,
+        t1c=refs["t1c"], t2f=refs["t2f"], lesion=refs["lesion"], tumor=refs["tumor"], geometry=geo,
     ))
 
 
 
 def check_masks(cfg: CenterConfig, plan: PatientPlan) -> None:
-    """Read each planned mask: its geometry must equal its sequence's, and its labels must be present."""
+    """Read each planned mask: on its sequence's grid (or cropped from it, Slicer-style), its ROI present.
+
+    The checks are :func:`ingest.masks.check_mask`, the code the ingest reads masks with.
+    """
     root = cfg.source_path
     for study in plan.studies:
         for name in SOURCE_MASKS:
             rule: MaskRule = getattr(cfg.masks, name)
-            ref: SourceRef = getattr(study, name)
-            path = ref.files[0]
-            try:
-                image = sitk.ReadImage(path)
-            except RuntimeError as e:
-                plan.refuse(f"unreadable mask ({str(e).splitlines()[0][:160]})",
-                            "re-export the mask as NIfTI or NRRD", relative(path, root))
-                continue
-            expected = study.geometry.get(rule.space)
-            found = Geometry(tuple(image.GetSize()), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
-            if expected is not None:
-                diffs = found.differences(expected)
-                if diffs:
-                    plan.refuse(
-                        f"mask {name} does not match the geometry of {rule.space} ({'; '.join(diffs)})",
-                        f"check masks.{name}.space (drawn on t1c or t2f?) or re-export the mask on the "
-                        f"{rule.space} series", relative(path, root))
-                    continue
-            values = np.unique(sitk.GetArrayViewFromImage(image))
-            present = sorted(int(v) for v in values if v != 0)
-            if not set(rule.labels) & set(present):
-                what = "empty mask" if not present else f"mask has labels {present}, none of {rule.labels}"
-                plan.refuse(f"{what} ({name})",
-                            f"re-draw the {name} mask or set masks.{name}.labels", relative(path, root))
+            path = getattr(study, name).files[0]
+            for f in check_mask(path, rule, study.geometry.get(rule.space), name, plan.raw_id):
+                plan.refuse(f.what, f.fix, relative(path, root), blocking=f.blocking)

@@ -27,6 +27,7 @@ __all__ = [
     "SourceRef",
     "StudyPlan",
     "relative",
+    "source_label",
 ]
 
 #: where a plan-time problem was found: the export's folders and headers, or the clinical sheet
@@ -173,3 +174,18 @@ def relative(path: str | Path, root: Path) -> str:
     except ValueError:
         return str(path)
 
+
+def source_label(path: str | Path, folder: Path, root: Path) -> str:
+    """How a source file is labelled (and recorded, redacted): relative to the patient folder, or,
+    for a file beside it (``{source}/masks/...``), ``{source}/`` and its path in the export.
+
+    Never the absolute path: where the hospital keeps its exports is not recorded.
+    """
+    try:
+        return str(Path(path).relative_to(folder))
+    except ValueError:
+        pass
+    try:
+        return "{source}/" + str(Path(path).relative_to(root))
+    except ValueError:
+        return Path(path).name
