@@ -188,3 +188,15 @@ def test_a_copied_patient_folder_is_validated_and_ingested_once(export: Path, tm
     pid = pseudonymise_patient("D", "P013", "k")
     assert (pid, note.replace("P013", pid), False) in rows
     assert not any("P013" in (r[1] or "") for r in rows)  # the raw id is redacted from the catalog
+
+
+def test_a_dicom_file_linking_out_of_source_is_refused_not_read(export: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    shutil.copytree(export / "P014" / "FLAIR", outside)
+    (export / "P013" / "EXTRA").mkdir()
+    (export / "P013" / "EXTRA" / "IM9999.dcm").symlink_to(next(outside.glob("IM*.dcm")))
+    plan = plan_center(_cfg(export), "k")
+    p013 = next(p for p in plan.patients if p.raw_id == "P013")
+    assert not p013.ok
+    assert any("EXTRA/IM9999.dcm leads outside source" in w for w in _problems(p013, True))
+    assert next(p for p in plan.patients if p.raw_id == "P014").ok

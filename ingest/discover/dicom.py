@@ -23,7 +23,7 @@ from pydicom.errors import InvalidDicomError
 from atrx.config.center import CenterConfig, MaskRule, SequenceRule
 from atrx.names import SEQUENCES, SOURCE_MASKS
 from ingest.deid import pseudonymise_patient, pseudonymise_study
-from ingest.discover.files import file_sha256, glob_files, mask_fits
+from ingest.discover.files import file_sha256, glob_files, inside_source, mask_fits
 from ingest.discover.plan import Geometry, PatientPlan, SourceRef, StudyPlan, relative
 from ingest.masks import crop_fits
 
@@ -159,6 +159,11 @@ def scan_dicom_folder(folder: Path, skip: set[Path], plan: PatientPlan, root: Pa
     instances = _Instances()
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
         if path in skip or path.name.startswith(".") or path.name.lower().endswith(NON_DICOM_SUFFIXES):
+            continue
+        if not inside_source(path, root):
+            plan.refuse(f"{relative(path, root)} leads outside source (a link); not followed",
+                        "copy the file into the export, or point source at a folder that holds it",
+                        relative(path, root))
             continue
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
