@@ -1,6 +1,7 @@
 """Running the tasks on Dask: batching, submission, gathering, checkpoints and progress.
 
-One radiomics task per study version x ROI x sequence; deep batches of ``batch_size`` crops (on
+One radiomics task per study version (all its ROIs and sequences: the version is read once and each
+sequence's filters run once for its ROIs); deep batches of ``batch_size`` crops (on
 GPU workers with ``gpus``). Results are gathered as they complete, keyed by (patient, study, scan
 version, view), so a task the scheduler re-runs after a worker died can never give a second row.
 Nothing here writes: the caller's ``checkpoint`` stores what finished (:mod:`features.collect`).
@@ -21,7 +22,7 @@ from atrx.cluster import dask_client
 from atrx.errors import ConflictError, debug_enabled
 from features.context import FeaturesRun
 from features.plan import Target, TargetKey
-from features.tasks import DeepItem, TaskResult, deep_batch_task, radiomics_task
+from features.tasks import DeepItem, RadItem, TaskResult, deep_batch_task, radiomics_study_task
 from features.versioning import features_library_versions
 
 __all__ = ["Outcome", "WorkerLibrariesError", "batch_targets", "check_outcome", "compute"]
@@ -44,11 +45,16 @@ class Outcome:
 
 
 def batch_targets(targets: Sequence[Target], batch_size: int) -> list[list[Target]]:
-    """The tasks of ``targets``: one per radiomics target, then deep batches of ``batch_size``.
+    """The tasks of ``targets``: one per study version's radiomics targets, then deep batches of
+    ``batch_size``.
 
     The crops of a deep batch are ordered by study version, so a batch reads each version once.
     """
-    rad = [[t] for t in targets if t.kind == "rad"]
+    by_version: dict[str, list[Target]] = {}
+    for t in targets:
+        if t.kind == "rad":
+            by_version.setdefault(t.zarr_path, []).append(t)
+    rad = list(by_version.values())
     dl = sorted((t for t in targets if t.kind == "dl"), key=lambda t: (t.zarr_path, t.view))
     return rad + [dl[i:i + batch_size] for i in range(0, len(dl), batch_size)]
 
@@ -70,11 +76,13 @@ def compute(run: FeaturesRun, batches: Sequence[list[Target]], results: dict[Tar
         check_worker_libraries(client, recipe.libraries)
         futures: dict[Any, list[Target]] = {}
         deep = [b for b in batches if b[0].kind == "dl"]
-        for (t,) in (b for b in batches if b[0].kind == "rad"):
-            fut = client.submit(radiomics_task, ws.images, t.zarr_path, t.roi, t.sequence,
+        for batch in (b for b in batches if b[0].kind == "rad"):
+            t = batch[0]
+            rad_items: list[RadItem] = [(x.roi, x.sequence) for x in batch]
+            fut = client.submit(radiomics_study_task, ws.images, t.zarr_path, rad_items,
                                 recipe.params, pure=False,
-                                key=f"rad-{t.patient_id}-{t.study_id}-v{t.scan_version}-{t.view}-{run.run_id}")
-            futures[fut] = [t]
+                                key=f"rad-{t.patient_id}-{t.study_id}-v{t.scan_version}-{run.run_id}")
+            futures[fut] = batch
         resources = _gpu_resources(client) if run.gpus else None
         for i, batch in enumerate(deep):
             items: list[DeepItem] = [(ws.images, t.zarr_path, t.roi, t.sequence) for t in batch]
@@ -97,7 +105,7 @@ def compute(run: FeaturesRun, batches: Sequence[list[Target]], results: dict[Tar
                 last_checkpoint = time.monotonic()
             if run.progress:
                 first = batch[0]
-                label = (f"{first.patient_id} {first.view}" if first.kind == "rad"
+                label = (f"{first.patient_id} radiomics ({len(batch)} ROIs)" if first.kind == "rad"
                          else f"{len(batch)} crops ({first.patient_id} {first.view} ...)")
                 run.progress(done, len(futures), label)
 
@@ -106,7 +114,6 @@ def _task_results(fut: Any, batch: list[Target]) -> list[TaskResult]:
     """A finished future's results, one per target; a task the cluster gave up on errors them all."""
     try:
         out = fut.result()
-        out = [out] if batch[0].kind == "rad" else out  # radiomics tasks return one result
     except Exception as e:  # the scheduler gave up (a worker died on it repeatedly)
         if debug_enabled():  # ATRX_DEBUG=1: the raw error, with its traceback
             raise

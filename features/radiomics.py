@@ -138,9 +138,60 @@ def extract_radiomics(
     PyRadiomics defines a feature as undefined (e.g. a flat ROI).
     """
     view_name("rad", roi, sequence)  # unknown roi/sequence -> ValueError before any work
-    expected = _pyradiomics_keys(_canonical_json(params))
     what = f"roi {roi!r} of sequence {sequence!r}"
-    raw = extract_features(image, mask, params, what=what)
+    return _canonical(extract_features(image, mask, params, what=what), roi, sequence, params, what)
+
+
+def extract_radiomics_rois(
+    image: sitk.Image, masks: Mapping[str, sitk.Image], sequence: str, params: Mapping[str, Any]
+) -> dict[str, dict[str, float] | FeatureError]:
+    """:func:`extract_radiomics` of several ROIs of one image (``{roi: mask}``), in that order.
+
+    Why: the atrx engine filters the image once for all of a patient's ROIs
+    (:func:`features.engine.batch.extract_rois`, bitwise equal to one ROI at a time). Each ROI gets
+    its features or the :class:`FeatureError` saying why it has none; one bad ROI never stops the
+    others. PyRadiomics computes them one after another.
+    """
+    whats = {roi: f"roi {roi!r} of sequence {sequence!r}" for roi in masks}
+    for roi in masks:
+        view_name("rad", roi, sequence)
+    if engine_of(params) == "pyradiomics":
+        out: dict[str, dict[str, float] | FeatureError] = {}
+        for roi, mask in masks.items():
+            try:
+                out[roi] = extract_radiomics(image, mask, roi, sequence, params)
+            except FeatureError as e:
+                out[roi] = e
+        return out
+    from features.engine.batch import extract_rois
+
+    checked: dict[str, FeatureError | int] = {}
+    for roi, mask in masks.items():
+        try:
+            checked[roi] = _check_mask(image, mask, whats[roi])
+        except FeatureError as e:
+            checked[roi] = e
+    valid = {roi: masks[roi] for roi, c in checked.items() if not isinstance(c, FeatureError)}
+    with np.errstate(all="ignore"):
+        raw = extract_rois(image, valid, pyradiomics_params(params)) if valid else {}
+    out = {}
+    for roi, c in checked.items():
+        got = c if isinstance(c, FeatureError) else raw[roi]
+        if isinstance(got, FeatureError):
+            out[roi] = got if isinstance(c, FeatureError) else FeatureError(
+                f"{whats[roi]} ({c} voxels): {got}", fix=got.fix)
+            continue
+        try:
+            out[roi] = _canonical(got, roi, sequence, params, whats[roi])
+        except FeatureError as e:
+            out[roi] = e
+    return out
+
+
+def _canonical(raw: Mapping[str, float], roi: str, sequence: str, params: Mapping[str, Any],
+               what: str) -> dict[str, float]:
+    """PyRadiomics' keys -> canonical names, refusing a result without exactly the expected keys."""
+    expected = _pyradiomics_keys(_canonical_json(params))
     if len(raw) != len(expected) or not all(key in raw for key in expected):
         missing = [k for k in expected if k not in raw]
         extra = sorted(set(raw) - set(expected))

@@ -21,7 +21,7 @@ from atrx.names import SEQUENCES, all_views, view_name
 from features.compute import Outcome, _task_results, batch_targets, check_outcome
 from features.errors import FeatureError, FeaturesJobError, WeightsError, WeightsNotFoundError
 from features.plan import Target, pending_targets
-from features.tasks import TaskResult, deep_batch_task, radiomics_task
+from features.tasks import TaskResult, deep_batch_task, radiomics_study_task, radiomics_task
 from features.versioning import features_library_versions, pyradiomics_version
 
 N = 24
@@ -136,13 +136,32 @@ def test_check_outcome_gives_a_float64_row_or_an_error() -> None:
     assert failed == Outcome("failed", None, "empty mask", 0.1)
 
 
-def test_batches_keep_radiomics_single_and_group_deep_crops_by_study() -> None:
-    rad = [_target("rad", roi=r) for r in ("tumor", "edema")]
+def test_batches_group_radiomics_by_study_version_and_deep_crops_by_study() -> None:
+    rad = [_target("rad", zarr_path=p, roi=r) for p in ("c1/B/S/v1", "c1/A/S/v1") for r in ("tumor", "edema")]
     dl = [_target("dl", zarr_path=p, roi=r) for p in ("c1/B/S/v1", "c1/A/S/v1") for r in ("tumor", "edema")]
-    batches = batch_targets([dl[0], rad[0], dl[1], rad[1], dl[2], dl[3]], batch_size=3)
-    assert batches[:2] == [[rad[0]], [rad[1]]]
+    batches = batch_targets([dl[0], rad[0], dl[1], rad[2], rad[1], dl[2], dl[3], rad[3]], batch_size=3)
+    assert batches[:2] == [[rad[0], rad[1]], [rad[2], rad[3]]]  # one task per version, first seen first
     assert [[t.zarr_path for t in b] for b in batches[2:]] == [["c1/A/S/v1"] * 2 + ["c1/B/S/v1"],
                                                                ["c1/B/S/v1"]]
+
+
+@pytest.mark.parametrize("engine", ["pyradiomics", "atrx"])
+def test_study_task_equals_one_task_per_roi(store, engine) -> None:
+    """One task for a version's ROIs gives each ROI what its own task gives, bad ROIs included."""
+    root, good, broken = store
+    params = {**PARAMS, "engine": engine,
+              "imageType": {"Original": {}, "LoG": {"sigma": [1.0]}},
+              "featureClass": {"firstorder": [], "glcm": []}}
+    items = [("tumor", "t1c"), ("edema", "t1c"), ("overall", "t2f"), ("tumor", "t2f")]
+    batch = radiomics_study_task(root, good, items, params)
+    single = [radiomics_task(root, good, roi, seq, params) for roi, seq in items]
+    assert [r.status for r in batch] == ["ok", "failed", "ok", "ok"]
+    for b, s in zip(batch, single, strict=True):
+        assert b.status == s.status and b.values == s.values  # bitwise, names in schema order
+    assert "rad_edema_t1c of c1/A-x/S-x/v1" in batch[1].reason and "empty mask" in batch[1].reason
+    gone = radiomics_study_task(root, broken, items[:2], params)
+    assert [r.status for r in gone] == ["error", "error"]
+    assert "rad_edema_t1c of c1/A-x/S-x/v2" in gone[1].reason
 
 
 def test_pending_skips_only_rows_settled_at_the_current_version() -> None:
