@@ -83,7 +83,7 @@ def _main(argv: Sequence[str] | None) -> int:
         for view, version in store.registered_versions(ws).items():
             print(f"{view}\t{version}")
     else:
-        print("materialized:", ", ".join(store.materialize(ws, full=args.full)))
+        print("materialized:", ", ".join(store.materialize(ws, full=args.full).views))
     return 0
 
 

@@ -6,6 +6,7 @@ training matrix comes from; ``materialize``/``online_features`` feed serving.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ from atrx.errors import InputError, ServiceError
 from atrx.workspace import Workspace
 from feature_repo.definitions import build_feature_views, patient_entity
 from feature_repo.errors import FeatureViewError
+from feature_repo.fast_offline import OFFLINE_STORE_TYPE
 from feature_repo.layout import (
     ALL_VIEWS,
     EVENT_TIMESTAMP,
@@ -28,12 +30,22 @@ from feature_repo.layout import (
     part_files,
     version_dir,
 )
+from feature_repo.materialization import Materialized, materialize_views
 
 #: seconds a FeatureStore trusts its in-memory registry copy (0 would mean "forever" in Feast)
 REGISTRY_CACHE_TTL_SECONDS: Final[int] = 60
-#: start of the first materialization window: older than any scan
-MATERIALIZE_FROM: Final[datetime] = datetime(1970, 1, 1, tzinfo=UTC)
 _ROW: Final[str] = "_atrx_entity_row"
+
+
+class _FileRegistryFlagFilter(logging.Filter):
+    """Drop Feast's warning that ``serve_features_while_materializing`` has no effect on a file
+    registry: Feast 0.67's file registry reads the flag and its online read path honours it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`serve_features_while_materializing` is enabled but" not in record.getMessage()
+
+
+logging.getLogger("feast.repo_config").addFilter(_FileRegistryFlagFilter())
 
 
 def repo_config(ws: Workspace) -> RepoConfig:
@@ -50,9 +62,12 @@ def repo_config(ws: Workspace) -> RepoConfig:
             "registry_type": "file",
             "path": ws.feast_registry,
             "cache_ttl_seconds": REGISTRY_CACHE_TTL_SECONDS,
+            # a server keeps its last values while `atrx materialize` runs (Feast flips the views
+            # to MATERIALIZING in the registry, and a file registry honours this flag too)
+            "serve_features_while_materializing": True,
         },
         online_store={"type": "sqlite", "path": ws.online},
-        offline_store={"type": "duckdb"},
+        offline_store={"type": OFFLINE_STORE_TYPE},
         entity_key_serialization_version=3,
         # repo_path is where Feast resolves relative paths and puts its own files: keep it in home
         repo_path=Path(ws.home),
@@ -153,13 +168,13 @@ def materialize(
     end_date: datetime | None = None,
     views: Sequence[str] | None = None,
     full: bool = False,
-) -> list[str]:
+) -> Materialized:
     """Load the newest row per patient into SQLite, up to ``end_date`` (default now, UTC).
 
-    Views never materialized (or ``full=True``) start from 1970: Feast's own first window for a
-    TTL-less view is only the last 52 weeks, which would drop older scans. Later runs are
-    incremental from the previous end, so a re-extraction of an old scan (old event_timestamp) is
-    only picked up with ``full=True``. ``labels`` is offline-only and never materialized.
+    :func:`feature_repo.materialization.materialize_views` decides per view: from 1970 when never
+    materialized, with ``full=True``, or when rows arrived since the last run with older scan
+    dates (a new center, a re-extracted scan); incremental otherwise. ``labels`` is offline-only
+    and never materialized.
     """
     end = end_date or datetime.now(UTC)
     end = end if end.tzinfo else end.replace(tzinfo=UTC)
@@ -174,24 +189,6 @@ def materialize(
             fix="register them first (`atrx features`, or feature_repo.store.apply)",
         )
     return materialize_views(store, names, end, full, online)
-
-
-def materialize_views(store: Any, views: list[str], end: datetime, full: bool,
-                      online: dict[str, Any] | None = None) -> list[str]:
-    """Our materialisation policy on any store (SQLite here, Redis from a production yaml).
-
-    Views never materialized (or ``full``) load from 1970, the others incrementally: Feast's own
-    first window for a TTL-less view is only 52 weeks and would drop older scans.
-    """
-    if online is None:
-        online = {fv.name: fv for fv in store.list_feature_views(allow_cache=False) if fv.online}
-    fresh = [v for v in views if full or online[v].most_recent_end_time is None]
-    incremental = [v for v in views if v not in fresh]
-    if fresh:
-        store.materialize(start_date=MATERIALIZE_FROM, end_date=end, feature_views=fresh)
-    if incremental:
-        store.materialize_incremental(end_date=end, feature_views=incremental)
-    return list(views)
 
 
 def online_features(

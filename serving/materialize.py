@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -36,16 +35,20 @@ class MaterializeSummary:
     seconds: float
     exit_code: int = 0
     skipped_views: list[str] = field(default_factory=list)
+    reloaded: dict[str, str] = field(default_factory=dict)  # view -> why it was loaded from 1970
 
     def rows(self) -> list[tuple[str, str]]:
         out = [
             ("production model", self.model_tag),
-            ("mode", "full reload from 1970" if self.full else "incremental"),
+            ("mode", "full reload from 1970" if self.full else "incremental" if not self.reloaded
+             else f"incremental; {len(self.reloaded)} view(s) from 1970"),
             ("up to", self.end.isoformat(timespec="seconds")),
             ("online store", self.online_store),
             ("views materialized", ", ".join(self.views)),
         ]
         out += [(f"feature version {v}", self.feature_versions[v]) for v in self.views]
+        if not self.full:
+            out += [(f"reloaded {v}", why) for v, why in self.reloaded.items()]
         out.append(("features served", str(len(self.required_features))))
         if self.skipped_views:
             out.append(("registered views not needed", ", ".join(self.skipped_views)))
@@ -58,13 +61,15 @@ def run_materialize(
 ) -> MaterializeSummary:
     """Materialize the production model's views into the online store (SQLite by default).
 
-    Incremental from each view's previous run (``full=True`` reloads from 1970, needed after
-    re-extracting old scans). Raises :class:`serving.errors.ServingSetupError` (a ``ValueError``,
+    Incremental from each view's previous run, except views holding rows written since with older
+    scan dates (a newly onboarded center, a re-extracted scan), which reload from 1970
+    (:mod:`feature_repo.materialization`); ``full=True`` reloads every view. Raises :class:`serving.errors.ServingSetupError` (a ``ValueError``,
     exit code 2) when there is no production model ("run `atrx train` / `atrx retrain` first")
     or a needed view is unregistered or registered with another feature version.
     With ``$ATRX_FEAST_CONFIG`` set (a production ``feature_store.yaml``, e.g. Redis), that
     store is loaded instead of the workspace's SQLite.
     """
+    from feature_repo.materialization import materialize_views
     from feature_repo.store import materialize, registered_versions
 
     t0 = time.perf_counter()
@@ -83,7 +88,7 @@ def run_materialize(
         store = open_feature_store(ws)
         registered = store_versions(store)
         require_versions(str(record.tag), versions, registered, action="materialize for")
-        done = _materialize_store(store, views, end, full)
+        done = materialize_views(store, views, end, full)
         online = _describe_online(store)
     else:
         registered = registered_versions(ws)
@@ -92,7 +97,7 @@ def run_materialize(
         online = ws.online
     return MaterializeSummary(
         model_tag=str(record.tag),
-        views=list(done),
+        views=list(done.views),
         feature_versions=versions,
         required_features=required,
         online_store=online,
@@ -100,14 +105,8 @@ def run_materialize(
         full=full,
         seconds=time.perf_counter() - t0,
         skipped_views=[v for v in registered if v not in views],
+        reloaded=done.reloaded,
     )
-
-
-def _materialize_store(store: Any, views: Sequence[str], end: datetime, full: bool) -> list[str]:
-    """``feature_repo.store``'s materialisation policy on a store built from a yaml file."""
-    from feature_repo.store import materialize_views
-
-    return materialize_views(store, list(views), end, full)
 
 
 def _describe_online(store: Any) -> str:

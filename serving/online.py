@@ -48,7 +48,6 @@ FEAST_CONFIG_ENV: Final[str] = "ATRX_FEAST_CONFIG"
 #: registries that are not a local file are re-read at most this often (seconds)
 REGISTRY_RECHECK_SECONDS: Final[float] = 30.0
 _STATUS_PRESENT: Final[int] = 1
-_STATUS_NOT_FOUND: Final[int] = 3
 
 
 def open_feature_store(ws: Workspace) -> FeatureStore:
@@ -188,7 +187,8 @@ class OnlineLookup:
     def lookup(self, patient_ids: Sequence[str]) -> OnlineRows:
         """ONE online lookup of exactly the model's features for ``patient_ids``.
 
-        Raises :class:`UnknownPatient` (404) for ids with no online row at all, then
+        Raises :class:`UnknownPatient` (404) for ids without one present value of the model's
+        features (no online row in any view), then
         :class:`FeaturesUnavailable` (422) for stale views or missing/null values.
         """
         ids = [str(p) for p in patient_ids]
@@ -202,7 +202,12 @@ class OnlineLookup:
         results = dict(zip(names, response.proto.results, strict=True))
         required = self.served.required_features
         statuses = np.array([list(results[f].statuses) for f in required]).T  # (patients, features)
-        unknown = [p for p, row in zip(ids, statuses, strict=True) if (row == _STATUS_NOT_FOUND).all()]
+        # a patient without any online row: SQLite answers NOT_FOUND, Redis (an absent key)
+        # PRESENT with empty values, so "unknown" is "not one value of the model's features"
+        valued = (statuses == _STATUS_PRESENT) & ~np.array(
+            [[_is_null(values[f][i]) for f in required] for i in range(len(ids))], dtype=bool
+        ).reshape(statuses.shape)
+        unknown = [p for p, row in zip(ids, valued, strict=True) if not row.any()]
         if unknown:
             raise UnknownPatient(list(dict.fromkeys(unknown)))
         stale = version_mismatches(self.served.feature_versions, versions)

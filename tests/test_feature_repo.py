@@ -470,8 +470,15 @@ def test_feature_store_yaml_matches_the_sdk_config(
         assert config.project == "atrx" and config.provider == "local"
     assert from_yaml.registry.path == from_sdk.registry.path == str(tmp_path / "feast_registry.db")
     assert from_yaml.online_store.path == from_sdk.online_store.path == str(tmp_path / "online.db")
-    assert from_yaml.offline_store.type == from_sdk.offline_store.type == "duckdb"
+    assert from_yaml.offline_store.type == from_sdk.offline_store.type == (
+        "feature_repo.fast_offline.FastDuckDBOfflineStore")
+    from feature_repo.fast_offline import FastDuckDBOfflineStoreConfig
+
+    assert isinstance(from_yaml.offline_store, FastDuckDBOfflineStoreConfig)
+    assert isinstance(from_sdk.offline_store, FastDuckDBOfflineStoreConfig)
     assert from_yaml.registry.cache_ttl_seconds == from_sdk.registry.cache_ttl_seconds
+    assert from_yaml.registry.serve_features_while_materializing
+    assert from_sdk.registry.serve_features_while_materializing
 
 
 def test_feast_cli_apply_is_stopped_before_it_deletes_views(

@@ -21,7 +21,11 @@ def features(
         "--checkpoint-seconds", min=0,
         help="store finished results at least this often, so a killed run loses little")] = 300.0,
 ) -> None:
-    """Radiomics and ResNet34 features of every ingested scan into the Feast offline store."""
+    """Radiomics and ResNet34 features of every ingested scan into the Feast offline store.
+
+    When rows were added and a production model exists, its views are then materialized, so new
+    patients reach the online store (`atrx materialize` does the same on its own).
+    """
     from atrx.ui import console
     from atrx.workspace import Workspace
 
@@ -50,7 +54,32 @@ def run_features_cli(con: Any, ws: Any, *, scheduler: str | None = None, workers
         con.print(rows_table(f"ROIs without features ({len(failures)})", ["patient", "view", "status", "reason"],
                              failures, max_rows=40))
     con.print(kv_table("features summary", summary.rows()))
+    refresh_online_store(con, ws, rows_written=sum(c.written for c in summary.per_view.values())
+                         + int(summary.clinical_exported))
     return summary
+
+
+def refresh_online_store(con: Any, ws: Any, rows_written: int) -> Any:
+    """After a features run that added rows, load the production model's views online.
+
+    Why here and not only after a promotion: a newly onboarded center's patients get features
+    long after the model was promoted, and ``/predict`` must find them
+    (:mod:`feature_repo.materialization` reloads views whose new rows have older scan dates).
+    """
+    from atrx import registry
+    from atrx.ui import kv_table
+
+    if not rows_written:
+        return None
+    if registry.production(ws) is None:
+        con.print("[dim]no production model yet: nothing to materialize (after `atrx train` and a "
+                  "promotion, run `atrx materialize`)[/]")
+        return None
+    from serving.materialize import run_materialize
+
+    mat = run_materialize(ws)
+    con.print(kv_table("materialize summary", mat.rows()))
+    return mat
 
 
 def register(app: typer.Typer) -> None:
