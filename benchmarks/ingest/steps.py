@@ -1,0 +1,101 @@
+"""Where ingest spends its time: CPU-seconds per preprocessing step, one thread, one process.
+
+Reads and preprocesses the first ``--per-center`` ready patients of every center of a synthetic
+cohort (generated here at ``--scale``, or ``--cohort DIR`` from `atrx synth`), exactly as a worker
+does (`ingest.readers` + `ingest.preprocess.preprocess_study`, SimpleITK and BLAS at one thread as
+the workers run them), and times each recorded step. The shares say what to cut first.
+
+    .venv/bin/python benchmarks/ingest/steps.py [--scale 0.03] [--per-center 2] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as dt
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import SimpleITK as sitk  # noqa: E402
+
+from atrx.config.center import load_center  # noqa: E402
+from ingest.discover import plan_center  # noqa: E402
+from ingest.preprocess import PreprocessParams, pipeline  # noqa: E402
+from ingest.readers import read_image, read_mask  # noqa: E402
+from ingest.synth import generate_cohort  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _record import publish  # noqa: E402
+
+
+def profile(cohort: Path, per_center: int) -> tuple[collections.Counter[str], list[tuple[str, str, float]]]:
+    """Seconds per step name over the patients, and (center, voxels on the output grid, seconds) each."""
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    times: collections.Counter[str] = collections.Counter()
+    apply = pipeline._Pipeline.apply
+
+    def timed(self: pipeline._Pipeline, step: object, *data: object) -> object:
+        t = time.process_time()
+        out = apply(self, step, *data)
+        times[step.name] += time.process_time() - t  # type: ignore[attr-defined]
+        return out
+
+    pipeline._Pipeline.apply = timed  # type: ignore[method-assign]
+    rows = []
+    try:
+        for path in sorted((cohort / "centers").glob("*.yaml")):
+            cfg = load_center(path)
+            for plan in [p for p in plan_center(cfg, "benchmark").patients if p.ok][:per_center]:
+                study, t0 = plan.studies[0], time.process_time()
+                images = {"t1c": read_image(study.t1c), "t2f": read_image(study.t2f)}
+                masks = {m: read_mask(getattr(study, m), getattr(cfg.masks, m),
+                                      images[getattr(cfg.masks, m).space], m) for m in ("lesion", "tumor")}
+                times["read"] += time.process_time() - t0
+                out = pipeline.preprocess_study(images["t1c"], images["t2f"], masks["lesion"],
+                                                cfg.masks.lesion.space, masks["tumor"],
+                                                cfg.masks.tumor.space, PreprocessParams())
+                shape = "x".join(map(str, out.arrays["t1c"].shape))
+                rows.append((cfg.center, shape, time.process_time() - t0))
+                print(f"{cfg.center} {shape}: {rows[-1][2]:.1f} CPU-s", flush=True)
+    finally:
+        pipeline._Pipeline.apply = apply  # type: ignore[method-assign]
+    return times, rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--cohort", type=Path, help="an `atrx synth` output (default: generate one)")
+    ap.add_argument("--scale", type=float, default=0.03)
+    ap.add_argument("--per-center", type=int, default=2)
+    ap.add_argument("--no-write", action="store_true", help="print only; do not append to docs/benchmarks.md")
+    args = ap.parse_args()
+    cohort = args.cohort or Path(tempfile.mkdtemp(prefix="atrx-steps-"))
+    if args.cohort is None:
+        generate_cohort(cohort, scale=args.scale, seed=0, workers=2)
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    times, rows = profile(cohort, args.per_center)
+    total = sum(times.values())
+    per_patient = total / max(len(rows), 1)
+    shapes = sorted({r[1] for r in rows})
+    lines = [
+        f"\n### Ingest steps, {dt.date.today()} ({platform.machine()}, 1 thread, load average at start {load})\n",
+        f"Command: `.venv/bin/python benchmarks/ingest/steps.py --scale {args.scale} --per-center "
+        f"{args.per_center}`. {len(rows)} patients, output grids {', '.join(shapes)} (z, y, x); "
+        f"{per_patient:.1f} CPU-seconds per patient. Baseline: the whole preprocessing of the same "
+        "patients in the same run (the share column).\n",
+        "| step | CPU-seconds per patient | share |",
+        "|---|---|---|",
+    ]
+    for name, secs in times.most_common():
+        lines.append(f"| {name} | {secs / max(len(rows), 1):.2f} | {secs / total:.3f} |")
+    publish("\n".join(lines) + "\n", write=not args.no_write)
+
+
+if __name__ == "__main__":
+    main()
