@@ -100,7 +100,9 @@ def plain_loop(ws: Workspace, params: dict[str, Any]) -> tuple[int, float]:
     logging.getLogger("radiomics").setLevel(logging.ERROR)
     with Catalog(ws.catalog, read_only=True) as cat:
         paths = sorted(s.zarr_path for s in cat.latest_study_versions())  # one version each
-    extractor = featureextractor.RadiomicsFeatureExtractor(params)
+    from features.radiomics import pyradiomics_params
+
+    extractor = featureextractor.RadiomicsFeatureExtractor(pyradiomics_params(params))
     n = 0
     t0 = time.perf_counter()
     for path in paths:
