@@ -22,6 +22,7 @@ from atrx.workspace import Workspace
 from feature_repo.definitions import build_feature_views, patient_entity
 from feature_repo.errors import FeatureViewError
 from feature_repo.fast_offline import OFFLINE_STORE_TYPE
+from feature_repo.fast_online import ONLINE_STORE_TYPE
 from feature_repo.layout import (
     ALL_VIEWS,
     EVENT_TIMESTAMP,
@@ -66,7 +67,7 @@ def repo_config(ws: Workspace) -> RepoConfig:
             # to MATERIALIZING in the registry, and a file registry honours this flag too)
             "serve_features_while_materializing": True,
         },
-        online_store={"type": "sqlite", "path": ws.online},
+        online_store={"type": ONLINE_STORE_TYPE, "path": ws.online},
         offline_store={"type": OFFLINE_STORE_TYPE},
         entity_key_serialization_version=3,
         # repo_path is where Feast resolves relative paths and puts its own files: keep it in home

@@ -75,9 +75,7 @@ class FusionPredictor:
         if getattr(model, "needs_center", False):
             frame = frame.assign(center=_centers(patient_ids))
         try:
-            prob = model.predict_proba(frame)[:, 1]
-            score = model.imaging_score(frame)
-            points = model.contributions(frame)
+            prob, score, points = model.explain(frame)  # one design matrix for all three
         except DataError as exc:  # the model's own refusal (e.g. a center it has no estimates of)
             raise CenterNotServable(str(exc)) from None
         groups = model.risk_group(prob)

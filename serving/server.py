@@ -161,20 +161,22 @@ def serve(
     log_file: str | os.PathLike[str] | None = None,
     check: bool = True,
     extra_env: Mapping[str, str] | None = None,
+    service: str = SERVICE,
 ) -> ServerProcess:
     """Start ``bentoml serve`` for the workspace on ``host:port``; returns at once.
 
     Use ``wait_ready`` (or ``ServerProcess.wait_ready``) before calling it, and ``stop()`` (or a
     ``with`` block) to end it. ``api_key`` defaults to ``$ATRX_API_KEY`` (no key: open).
     ``log_file``: where the server's output goes (default: this terminal). ``check`` runs the
-    service's start-up checks here first so a refusal raises with its reason.
+    service's start-up checks here first so a refusal raises with its reason. ``service``: another
+    BentoML service spec (``module:Class``, importable from the repository root; benchmarks).
     """
     if check:
         preflight(ws)
     log_path = Path(log_file) if log_file is not None else None
     log = open(log_path, "ab") if log_path is not None else None  # noqa: SIM115 - owned by handle
     cmd = [
-        sys.executable, "-m", "bentoml", "serve", SERVICE,
+        sys.executable, "-m", "bentoml", "serve", service,
         "--host", host, "--port", str(int(port)), "--working-dir", str(ROOT),
     ]
     process = subprocess.Popen(

@@ -367,7 +367,11 @@ def test_concurrent_requests_match_in_process(server, patients, expected) -> Non
 def test_in_process_predictor_from_a_feature_store_yaml(
     ws: Workspace, patients, expected, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``ATRX_FEAST_CONFIG`` (the production route, e.g. Redis) reads and loads the same rows."""
+    """``ATRX_FEAST_CONFIG`` (the production route, e.g. Redis) reads and loads the same rows.
+
+    The yaml names Feast's stock SQLite store, ``expected`` was read through ours
+    (``feature_repo.fast_online``, requested features only): equal answers on the same file.
+    """
     from serving.materialize import run_materialize
     from serving.online import FEAST_CONFIG_ENV
     from serving.predictor import FusionPredictor

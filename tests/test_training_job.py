@@ -397,6 +397,9 @@ def test_served_model_needs_only_its_required_features(ws: Workspace, trained) -
     assert np.allclose(prob, model.predict_proba(test)[:, 1])
     contrib = model.contributions(slim)
     assert np.allclose(contrib["probability"], prob)
+    fast_prob, fast_score, fast_points = model.explain(slim)  # what serving calls: bit for bit
+    assert np.array_equal(fast_prob, prob) and np.array_equal(fast_score, model.imaging_score(slim))
+    pd.testing.assert_frame_equal(fast_points, contrib, check_exact=True)
     assert list(contrib.columns[:5]) == ["imaging_score", "age", "sex", "who_grade", "vasari_score"]
     groups = model.risk_group(prob)
     assert set(groups) <= {"high", "low"}

@@ -307,11 +307,25 @@ class FusionModel(ClassifierMixin, BaseEstimator):
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
         """Nomogram points per variable, total points, linear predictor and probability per row."""
         check_is_fitted(self, "nomogram_")
-        design = self._design(X, self.imaging_score(X))
+        return self._points(self._design(X, self.imaging_score(X)), X.index)
+
+    def explain(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+        """``(probability of mutant, imaging score, contributions)`` per row from ONE design matrix.
+
+        What serving answers per request: equal to ``predict_proba(X)[:, 1]``, ``imaging_score(X)``
+        and ``contributions(X)`` (same arithmetic, bit for bit), at a third of their cost.
+        """
+        check_is_fitted(self, "nomogram_")
+        score = self.imaging_score(X)
+        design = self._design(X, score)
+        prob = expit(np.asarray(self.fusion_pipeline_.decision_function(design)))
+        return prob, score, self._points(design, X.index)
+
+    def _points(self, design: pd.DataFrame, index: pd.Index) -> pd.DataFrame:
         nomo = self.nomogram_
         out = pd.DataFrame(
             {name: [nomo.variable_points(name, v) for v in design[name]] for name in nomo.coefs},
-            index=X.index,
+            index=index,
         )
         out["total_points"] = out[list(nomo.coefs)].sum(axis=1)
         out["linear_predictor"] = [nomo.linear_predictor(t) for t in out["total_points"]]

@@ -89,5 +89,8 @@ class HarmonisedModel(BaseEstimator):
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
         return self.model.contributions(self._harmonised(X))
 
+    def explain(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+        return self.model.explain(self._harmonised(X))
+
     def describe(self) -> dict[str, object]:
         return {**self.model.describe(), "harmonisation": self.harmoniser.describe()}

@@ -7,7 +7,10 @@ clinical variables and labels) goes through the real pipeline: offline store, Fe
 * server: ``serving.server.serve`` on a free loopback port; ``--requests`` calls of ``/predict``
   at each concurrency (threads, one keep-alive ``httpx.Client`` each), after a warm-up;
 * baseline: ``serving.predictor.FusionPredictor.predict_ids`` in this process (the same Feast
-  online lookup + model call + contributions the service runs), at the same concurrencies.
+  online lookup + model call + contributions the service runs), at the same concurrencies;
+* bare BentoML: ``benchmarks/serving/bare_service.py``, a BentoML endpoint with the same worker
+  and traffic settings serving the same fitted model from rows held in memory (no lookup), called
+  by the same client: the real service should reach >= 0.8x its requests per second.
 
 Client and server share the machine's cores, so the server numbers include the client's cost.
 p50/p99 in milliseconds, throughput in requests per second; the ratio is server / in-process.
@@ -161,6 +164,7 @@ def main() -> None:
     load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
     tmp = Path(tempfile.mkdtemp(prefix="atrx-bench-serving-"))
     rows: list[str] = []
+    bare_rows: list[str] = []
     try:
         ws = build_workspace(tmp / "home", args.patients, args.features)
         tag, pids = prepare(ws, tmp / "study.yaml")
@@ -188,6 +192,18 @@ def main() -> None:
                 client.close()
         finally:
             server.stop()
+        bare = serve(ws, free_port(), log_file=tmp / "bare.log", check=False,
+                     service="benchmarks.serving.bare_service:BareLR")
+        try:
+            bare.wait_ready(args.start_timeout)
+            remote = http_caller(bare.url)
+            for pid in warm:
+                remote(pid)
+            over_bare = {c: measure(remote, ids, c) for c in CONCURRENCY}
+            for client in remote.clients:  # type: ignore[attr-defined]
+                client.close()
+        finally:
+            bare.stop()
 
         for c in CONCURRENCY:
             s, b = over_http[c], inproc[c]
@@ -202,6 +218,8 @@ def main() -> None:
                 f"| /predict throughput req/s (higher is better), concurrency {c} | {s['rps']:.0f} | "
                 f"{b['rps']:.0f} | {s['rps'] / b['rps']:.2f} |",
             ]
+            bare_rows.append(f"| {c} | {s['rps']:.0f} | {over_bare[c]['rps']:.0f} | "
+                             f"{s['rps'] / over_bare[c]['rps']:.2f} |")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     lines = [
@@ -216,6 +234,13 @@ def main() -> None:
         "| measure | server (HTTP) | in-process | ratio (server / in-process) |",
         "|---|---|---|---|",
         *rows,
+        "",
+        "Against a bare BentoML endpoint serving the same fitted model from rows in memory (no "
+        "lookup; `benchmarks/serving/bare_service.py`), same client, same run; target >= 0.8:",
+        "",
+        "| concurrency | /predict req/s (ours) | bare BentoML req/s | ratio |",
+        "|---|---|---|---|",
+        *bare_rows,
     ]
     publish("\n".join(lines) + "\n", write=not args.no_write)
 
