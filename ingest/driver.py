@@ -48,6 +48,11 @@ class IngestSummary:
     seconds: float = 0.0
     #: the run's quarantine rows as :meth:`atrx.catalog.Catalog.quarantined` returns them
     quarantined: list[dict[str, Any]] = field(default_factory=list)
+    #: every study's outcome of this run (pseudonyms only), for the onboarding report
+    outcomes: list[StudyOutcome] = field(default_factory=list, repr=False)
+    #: the plan the run followed, for the onboarding report's "before" pictures. It holds raw ids
+    #: and paths: in memory only, never printed, recorded or pickled to a worker
+    plan: CenterPlan | None = field(default=None, repr=False, compare=False)
 
     @property
     def patients_per_minute(self) -> float:
@@ -114,7 +119,7 @@ def run_ingest(cfg: CenterConfig, ws: Workspace, scheduler: str | None = None, w
     ready = [pp for pp in plan.patients if pp.ok]
     with Catalog(ws.catalog) as cat:
         run_id = cat.start_run("ingest", cfg.center, cfg.digest(), params.digest(), ingest_versions())
-        summary = IngestSummary(run_id, cfg.center, len(plan.patients))
+        summary = IngestSummary(run_id, cfg.center, len(plan.patients), plan=plan)
         summary.patients_quarantined = _record_plan_problems(cat, run_id, plan, key)
         summary.clinical_changed = cat.upsert_clinical(cfg.center, run_id, _clinical_rows(plan.patients))
         known = {sid: KnownScan(v, h) for sid, (v, h) in cat.latest_scans(cfg.center).items()}
@@ -178,6 +183,7 @@ def _run_tasks(run: _Run, images_root: str, ready: list[PatientPlan], known: dic
 def _record_outcomes(run: _Run, outcomes: list[StudyOutcome]) -> None:
     """Count one patient's outcomes, quarantine the failed studies and record the written ones."""
     patient_bad = False
+    run.summary.outcomes.extend(outcomes)
     for o in outcomes:
         run.summary.studies[o.status] += 1
         if o.status == "quarantined":

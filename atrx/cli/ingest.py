@@ -54,14 +54,18 @@ def print_cohort(con: Any, summary: CohortSummary) -> None:
 def center_validate(
     config: Annotated[Path, typer.Argument(help="centers/<id>.yaml")],
     max_problems: Annotated[int, typer.Option("--max-problems", help="rows of problems to show")] = 200,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="also write DIR/onboarding-<center>.html: the refused patients, a thumbnail row per "
+                         "study with the masks outlined, intensity histograms and ROI volumes (raw ids: keep "
+                         "it local); nothing else is written")] = None,
 ) -> None:
-    """Dry run: check a center file against its export and write nothing.
+    """Dry run: check a center file against its export and write nothing (but the --report).
 
     Exit code 0: ready; 1: some patients would be quarantined (listed); 2: the file or the export
     cannot be used at all.
     """
     from atrx.config.center import load_center
-    from atrx.ui import console, kv_table, rows_table
+    from atrx.ui import console, kv_table, progress_bar, rows_table
     from ingest.discover import plan_center
 
     con = console()
@@ -81,8 +85,16 @@ def center_validate(
     verdict = ("[bold red]cannot ingest this center[/]" if center_blocking or not plan.patients else
                f"[bold yellow]{counts['patients_refused']} patient(s) would be quarantined[/]" if n_block else
                "[bold green]ready to ingest[/]")
+    written = "Nothing was written."
+    if report is not None:
+        from ingest.onboarding import validate_report
+
+        with progress_bar(con, f"onboarding report {cfg.center}", max(len(plan.patients), 1)) as update:
+            path = validate_report(plan, report, progress=update)
+        con.print(f"onboarding report (raw ids: keep it on this machine): {path}")
+        written = f"Nothing else was written (the report is in {report})."
     con.print(f"{verdict}: {counts['patients_ready']} of {counts['patients']} patients ready, "
-              f"{n_block} blocking problem(s), {len(problems) - n_block} note(s). Nothing was written.")
+              f"{n_block} blocking problem(s), {len(problems) - n_block} note(s). {written}")
     if center_blocking or not plan.patients:
         raise typer.Exit(int(ExitCode.BAD_INPUT))
     if n_block:
@@ -116,19 +128,39 @@ def ingest(
 
 def ingest_one(con: Any, cfg: CenterConfig, ws: Workspace, scheduler: str | None,
                workers: int | None) -> IngestSummary:
-    """Ingest one center with a progress bar and print its summary and quarantine."""
+    """Ingest one center with a progress bar, write its onboarding report, print its summary and
+    quarantine. A report that cannot be written is a warning: the ingest itself is recorded."""
     from atrx.ui import kv_table, progress_bar, rows_table
     from ingest.driver import run_ingest
 
     with progress_bar(con, f"ingesting center {cfg.center}", 1) as update:
         summary = run_ingest(cfg, ws, scheduler=scheduler, workers=workers, progress=update)
-    con.print(kv_table(f"ingest summary: center {cfg.center}", summary.rows()))
+    report = _onboarding_report(con, summary, ws)
+    con.print(kv_table(f"ingest summary: center {cfg.center}", [*summary.rows(), ("onboarding report", report)]))
     blocking = [q for q in summary.quarantined if q["blocking"]]
     if blocking:
         con.print(rows_table(f"quarantined ({len(blocking)})", ["patient", "study", "stage", "reason", "file", "fix"],
                              [(q["patient_id"] or "-", q["study_id"], q["stage"], q["reason"], q["file"], q["fix"])
                               for q in blocking], max_rows=50))
     return summary
+
+
+def _onboarding_report(con: Any, summary: IngestSummary, ws: Workspace) -> str:
+    """Write ``<home>/reports/onboarding-<center>-<run>.html`` (pseudonyms only); its path, or why not."""
+    from atrx.errors import debug_enabled
+    from atrx.ui import progress_bar
+    from ingest.onboarding import ingest_report
+
+    try:
+        total = max(summary.patients_planned, 1)
+        with progress_bar(con, f"onboarding report {summary.center}", total) as update:
+            return ingest_report(summary, ws, progress=update)
+    except Exception as e:  # the ingest is recorded already; a report must not turn it into a failure
+        if debug_enabled():
+            raise
+        con.print(f"[yellow]the onboarding report could not be written ({type(e).__name__}); the ingest is "
+                  f"complete. Set ATRX_DEBUG=1 to see why.[/]")
+        return "not written (see the warning above)"
 
 
 def register(app: typer.Typer, center_app: typer.Typer) -> None:
