@@ -398,6 +398,35 @@ def test_in_process_predictor_from_a_feature_store_yaml(
     )
 
 
+def test_sigterm_to_atrx_serve_stops_the_server_and_frees_the_port(ws: Workspace, tmp_path: Path) -> None:
+    """A scheduler's SIGTERM to `atrx serve` must not leave `bentoml serve` holding the port."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from serving.server import free_port, wait_ready
+
+    port = free_port()
+    env = {**os.environ, "ATRX_API_KEY": API_KEY}
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "atrx.cli", "serve", "--home", ws.home,
+                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", START_TIMEOUT)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        log.close()
+    with socket.socket() as sock:  # the port is free again: nothing was left behind
+        sock.bind(("127.0.0.1", port))
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+
+
 # --- versions (runs last: switches a feature version of the shared workspace) -----------------
 
 

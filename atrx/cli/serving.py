@@ -28,16 +28,35 @@ def serve(
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 3000,
     host: Annotated[str, typer.Option("--host", help="interface to bind")] = "127.0.0.1",
 ) -> None:
-    """Serve the production model over HTTP (BentoML); Ctrl-C stops it. API key: $ATRX_API_KEY."""
+    """Serve the production model over HTTP (BentoML); Ctrl-C or SIGTERM stops it. API key: $ATRX_API_KEY."""
+    import signal
+
     from atrx.ui import console
     from atrx.workspace import Workspace
     from serving.server import serve as start_server
 
+    terminated = []
+
+    def terminate(signum: int, frame: Any) -> None:
+        # as Ctrl-C: the server (its own process group) is stopped before we exit; Python's
+        # default SIGTERM would exit at once and leave `bentoml serve` holding the port
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
     con = console()
-    with start_server(Workspace.at(home), port, host=host) as server:
-        server.wait_ready()
-        con.print(f"serving {server.url}  (POST /predict, /predict_batch, /predict_features; Ctrl-C stops)")
-        code = server.wait()
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        with start_server(Workspace.at(home), port, host=host) as server:
+            server.wait_ready()
+            con.print(f"serving {server.url}  (POST /predict, /predict_batch, /predict_features; "
+                      "Ctrl-C stops)")
+            code = server.wait()
+    except KeyboardInterrupt:
+        if not terminated:  # Ctrl-C while starting: the server is stopped, exit 130 as usual
+            raise
+        code = 0  # SIGTERM while starting: stopped as asked
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     raise typer.Exit(int(ExitCode.OK) if code in (0, 130, -15) else code)
 
 
