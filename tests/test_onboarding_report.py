@@ -152,8 +152,8 @@ def chromium() -> str:
     if found:
         return found
     if os.environ.get("ATRX_REQUIRE_BROWSER") == "1":
-        pytest.fail("ATRX_REQUIRE_BROWSER=1 but no chromium on PATH: apt-get install -y chromium chromium-driver")
-    pytest.skip("chromium is not installed (apt-get install -y chromium chromium-driver; .ci/run does); "
+        pytest.fail("ATRX_REQUIRE_BROWSER=1 but no chromium on PATH: apt-get install -y chromium")
+    pytest.skip("chromium is not installed (apt-get install -y chromium; .ci/run does); "
                 "set ATRX_REQUIRE_BROWSER=1 to fail instead")
 
 

@@ -2,8 +2,8 @@
 
 Loads the workspace's production model (``ATRX_HOME``/``BENTOML_HOME`` from the environment, as
 the real service) and every patient's newest offline row of the features it needs into a dict
-once; ``POST /predict {"patient_id"}`` answers ``predict_proba`` of that row. Same worker count,
-traffic and access-log settings as ``serving.service.ATRXService``, so the ratio isolates what the
+once; ``POST /predict {"patient_id"}`` answers ``predict_proba`` of that row. The same
+``serving.service.SERVICE_SETTINGS`` as ``ATRXService``, so the ratio isolates what the
 real service adds: the Feast online lookup, the version checks, the nomogram contributions.
 """
 
@@ -14,15 +14,10 @@ import pandas as pd
 
 from atrx import registry
 from atrx.workspace import Workspace
+from serving.service import SERVICE_SETTINGS
 
 
-@bentoml.service(
-    name="atrx_bare_lr",
-    workers=1,
-    traffic={"timeout": 30, "max_concurrency": 256},
-    logging={"access": {"enabled": True, "request_content_length": True,
-                        "response_content_length": True}},
-)
+@bentoml.service(name="atrx_bare_lr", **SERVICE_SETTINGS)
 class BareLR:
     def __init__(self) -> None:
         from feature_repo.offline import read_offline

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -145,6 +146,22 @@ def http_caller(url: str) -> Callable[[str], None]:
     return call
 
 
+def over_server(server: Any, ids: Sequence[str], warm: Sequence[str],
+                timeout: float) -> dict[int, dict[str, float]]:
+    """``/predict`` of a started server at every concurrency after a warm-up; always stops it."""
+    try:
+        server.wait_ready(timeout)
+        remote = http_caller(server.url)
+        for pid in warm:
+            remote(pid)
+        out = {c: measure(remote, ids, c) for c in CONCURRENCY}
+        for client in remote.clients:  # type: ignore[attr-defined]
+            client.close()
+        return out
+    finally:
+        server.stop()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--patients", type=int, default=120)
@@ -181,29 +198,11 @@ def main() -> None:
             local(pid)
         inproc = {c: measure(local, ids, c) for c in CONCURRENCY}
 
-        server = serve(ws, free_port(), log_file=tmp / "server.log")
-        try:
-            server.wait_ready(args.start_timeout)
-            remote = http_caller(server.url)
-            for pid in warm:
-                remote(pid)
-            over_http = {c: measure(remote, ids, c) for c in CONCURRENCY}
-            for client in remote.clients:  # type: ignore[attr-defined]
-                client.close()
-        finally:
-            server.stop()
-        bare = serve(ws, free_port(), log_file=tmp / "bare.log", check=False,
-                     service="benchmarks.serving.bare_service:BareLR")
-        try:
-            bare.wait_ready(args.start_timeout)
-            remote = http_caller(bare.url)
-            for pid in warm:
-                remote(pid)
-            over_bare = {c: measure(remote, ids, c) for c in CONCURRENCY}
-            for client in remote.clients:  # type: ignore[attr-defined]
-                client.close()
-        finally:
-            bare.stop()
+        over_http = over_server(serve(ws, free_port(), log_file=tmp / "server.log"), ids, warm,
+                                args.start_timeout)
+        over_bare = over_server(serve(ws, free_port(), log_file=tmp / "bare.log", check=False,
+                                      service="benchmarks.serving.bare_service:BareLR"),
+                                ids, warm, args.start_timeout)
 
         for c in CONCURRENCY:
             s, b = over_http[c], inproc[c]
