@@ -119,7 +119,7 @@ def test_zones_and_dependences_by_hand() -> None:
     geometry = RoiGeometry.from_mask(roi)
     levels, sizes = zones(q, geometry)
     assert sorted(zip(levels.tolist(), sizes.tolist(), strict=True)) == [(1, 4), (2, 1), (2, 3)]
-    dep = dependence_counts(geometry.values(q), geometry)
+    dep = dependence_counts(q, geometry)
     # ROI order: (0,0)=1 (0,1)=1 (0,2)=2 (1,0)=2 (1,1)=1 (1,2)=1 (2,0)=2 (2,1)=2
     assert dep.tolist() == [2, 3, 0, 2, 3, 2, 2, 2]
 

@@ -76,25 +76,6 @@ def padded_strides(shape: tuple[int, int, int], offsets: np.ndarray) -> np.ndarr
     return np.array([(int(dz) * ny + int(dy)) * nx + int(dx) for dz, dy, dx in offsets], dtype=np.int64)
 
 
-@numba.njit(cache=True)
-def glcm_counts(lab: np.ndarray, pos: np.ndarray, n: int, steps: np.ndarray) -> np.ndarray:
-    """Asymmetrical counts ``P[k, i, j]``: ROI voxel of level i whose neighbour along angle k has level j.
-
-    The same pairs as pyradiomics' ``calculate_glcm`` (both voxels in the ROI), from a scan of
-    the ROI with one lookup per angle.
-    """
-    na = steps.size
-    out = np.zeros((na, n, n), np.int64)
-    for m in range(pos.size):
-        p = pos[m]
-        c = lab[p]
-        for k in range(na):
-            nb = lab[p + steps[k]]
-            if nb >= 0:
-                out[k, c, nb] += 1
-    return out
-
-
 @numba.njit(cache=True, error_model="numpy")
 def _angle_features(p: np.ndarray, g: np.ndarray, ng: int, out: np.ndarray) -> None:
     """The 23 non-MCC features of one normalised matrix ``p`` (levels ``g``), into ``out``."""

@@ -1,7 +1,6 @@
-"""Shared pieces of GLSZM, GLDM and NGTDM: neighbour kernels and the (grey level, size) matrix features.
+"""Shared pieces of GLSZM, GLDM and NGTDM: the NGTDM grey-tone sums and the (grey level, size) matrix features.
 
-The numba kernels walk one direction's neighbour pairs of :class:`~features.engine.geometry.RoiGeometry`
-at a time (13 calls per image), so the pairs found once per ROI serve every filtered image. GLSZM and
+The neighbour counts come from one scan per image (:mod:`features.engine._neighbour_kernels`). GLSZM and
 GLDM share the same feature formulas on a matrix ``P[grey level, size]`` (zone size, or dependence
 count + 1), written here once in pyradiomics' 3.0.1 order of operations.
 """
@@ -11,52 +10,13 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from features.engine.geometry import RoiGeometry
-from features.errors import FeatureError
-
 EPS: float = float(np.spacing(1))
 """pyradiomics' epsilon in the entropy logarithms."""
 
 
-def roi_levels(q: np.ndarray, geometry: RoiGeometry, what: str) -> np.ndarray:
-    """The ROI's grey levels as int64, refusing what pyradiomics' C code refuses (levels < 1, no voxels)."""
-    values = np.ascontiguousarray(geometry.values(q), dtype=np.int64)
-    if values.size == 0:
-        raise FeatureError(f"{what}: the ROI has no voxels",
-                           fix="check the mask; the engine checks minimumROISize before texture classes")
-    if values.min() < 1:
-        raise FeatureError(f"{what}: grey level {int(values.min())} inside the ROI, expected 1..Ng",
-                           fix="pass the discretised image (binImage's grey levels), not the raw one")
-    return values
-
-
-@numba.njit(cache=True, nogil=True)
-def add_dependences(values: np.ndarray, a: np.ndarray, b: np.ndarray, dep: np.ndarray) -> None:
-    """For each pair of neighbours with equal grey levels, one dependent neighbour more for both."""
-    for k in range(a.size):
-        i = a[k]
-        j = b[k]
-        equal = np.int64(values[i] == values[j])  # branch-free: twice as fast on noisy images
-        dep[i] += equal
-        dep[j] += equal
-
-
 COUNT_BITS = 8
-"""Low bits of :func:`add_neighbour_sums`' accumulator that hold the neighbour count (at most 26)."""
-
-
-@numba.njit(cache=True, nogil=True)
-def add_neighbour_sums(values: np.ndarray, a: np.ndarray, b: np.ndarray, acc: np.ndarray) -> None:
-    """Count each voxel's ROI neighbours and sum their grey levels (both directions of a pair).
-
-    Sum and count share one int64 per voxel (``sum << COUNT_BITS | count``): half the memory
-    traffic of two arrays, and integer sums are exact, as the C code's double sums of integers.
-    """
-    for k in range(a.size):
-        i = a[k]
-        j = b[k]
-        acc[i] += (values[j] << COUNT_BITS) + 1
-        acc[j] += (values[i] << COUNT_BITS) + 1
+"""Low bits of the neighbour-sum accumulator (``sum << COUNT_BITS | count``, see
+:func:`~features.engine._neighbour_kernels.neighbour_counts`) that hold the count (at most 26)."""
 
 
 @numba.njit(cache=True, nogil=True)
@@ -113,7 +73,7 @@ def matrix_features(P: np.ndarray, ivector: np.ndarray, jvector: np.ndarray) -> 
     """
     ps = P.sum(0)
     pg = P.sum(1)
-    Nz = P.sum()  # > 0: roi_levels refuses empty ROIs
+    Nz = P.sum()  # > 0: ImageLevels refuses empty ROIs
     i2 = ivector[:, None] ** 2
     j2 = jvector[None, :] ** 2
     pg_n = pg / Nz

@@ -17,11 +17,12 @@ from features.engine import filters
 from features.engine.discretise import discretise
 from features.engine.firstorder import firstorder_features
 from features.engine.geometry import RoiGeometry
-from features.engine.glcm import glcm_features
-from features.engine.gldm import gldm_features
-from features.engine.glrlm import glrlm_features
-from features.engine.glszm import glszm_features
-from features.engine.ngtdm import ngtdm_features
+from features.engine.glcm import glcm_from_levels
+from features.engine.gldm import gldm_from_levels
+from features.engine.glrlm import glrlm_from_levels
+from features.engine.glszm import glszm_from_levels
+from features.engine.levels import ImageLevels
+from features.engine.ngtdm import ngtdm_from_levels
 from features.engine.settings import EngineParams, ImageTypeParams, parse_params
 from features.engine.shape import shape_features
 
@@ -56,7 +57,7 @@ def shape_entries(roi: filters.Roi, params: EngineParams) -> dict[str, float]:
     """The ``original_shape_*`` entries of a prepared ROI (empty when shape is off)."""
     out: dict[str, float] = {}
     if params.shape_features:
-        shape = _class_function("shape")(roi.mask, roi.spacing)
+        shape = shape_features(roi.mask, roi.spacing)
         for name in params.shape_features:
             out[f"original_shape_{name}"] = float(shape[name])
     return out
@@ -67,12 +68,14 @@ def add_image_features(out: dict[str, float], image_name: str, array: np.ndarray
                        spacing: tuple[float, float, float]) -> None:
     """Add the texture classes' features of one image (``array``: the ROI box) to ``out``."""
     q, _ = discretise(array, geometry, image_type.bin_width, image_type.bin_count)
+    levels: ImageLevels | None = None  # laid out once, for every texture class of this image
     for cls, names in params.texture_classes:
         if cls == "firstorder":
             values = firstorder_features(geometry.values(array), geometry.values(q), spacing,
                                          image_type.voxel_array_shift)
         else:
-            values = _class_function(cls)(q, geometry)
+            levels = levels or ImageLevels.of(q, geometry)
+            values = _TEXTURE[cls](levels)
         for name in names:
             out[f"{image_name}_{cls}_{name}"] = _as_float(values[name])
 
@@ -81,14 +84,7 @@ def _as_float(value: Any) -> float:
     return float(np.asarray(value).reshape(()))
 
 
-_CLASSES: dict[str, Callable[..., dict[str, Any]]] = {
-    "shape": shape_features, "glcm": glcm_features, "glrlm": glrlm_features,
-    "glszm": glszm_features, "gldm": gldm_features, "ngtdm": ngtdm_features,
+_TEXTURE: dict[str, Callable[[ImageLevels], dict[str, Any]]] = {
+    "glcm": glcm_from_levels, "glrlm": glrlm_from_levels, "glszm": glszm_from_levels,
+    "gldm": gldm_from_levels, "ngtdm": ngtdm_from_levels,
 }
-
-
-def _class_function(cls: str) -> Callable[..., dict[str, Any]]:
-    """The feature function of class ``cls`` (``features.engine.<cls>.<cls>_features``)."""
-    if cls not in _CLASSES:
-        raise ValueError(f"no engine module for feature class {cls!r}")
-    return _CLASSES[cls]

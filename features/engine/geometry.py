@@ -1,8 +1,9 @@
-"""Voxel neighbourhoods of one ROI, computed once and shared by GLCM, GLDM and NGTDM.
+"""One ROI's voxels, found once and shared by every image and texture class of that ROI.
 
-Every image of a ROI (Original, 8 wavelet sub-bands, LoG sigmas) has the same mask, so the pairs
-of neighbouring ROI voxels are found once per ROI and reused for all 12 images; a texture class
-then only gathers grey levels at these positions.
+Every image of a ROI (Original, 8 wavelet sub-bands, LoG sigmas) has the same mask, so its voxel
+positions are found once per ROI and reused for all 12 images; the texture classes lay each
+image's levels on a padded grid from them (:mod:`features.engine.levels`). The neighbour pairs
+per direction are built only when asked for (inspection and tests).
 
 Arrays are in SimpleITK's numpy order (z, y, x), as ``sitk.GetArrayFromImage`` returns them and
 as pyradiomics' C code walks them.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -48,14 +50,20 @@ class RoiGeometry:
 
     shape: tuple[int, int, int]
     flat: np.ndarray
-    pairs: tuple[tuple[np.ndarray, np.ndarray], ...]
 
     @classmethod
     def from_mask(cls, mask: np.ndarray) -> RoiGeometry:
         mask = np.asarray(mask, dtype=bool)
         if mask.ndim != 3:
             raise ValueError(f"expected a 3D mask, got shape {mask.shape}")
-        flat = np.flatnonzero(mask)
+        return cls(shape=tuple(int(n) for n in mask.shape), flat=np.flatnonzero(mask))
+
+    @cached_property
+    def pairs(self) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+        """Built on first use; the texture classes scan the padded level grid instead."""
+        mask = np.zeros(self.shape, dtype=bool)
+        mask.reshape(-1)[self.flat] = True
+        flat = self.flat
         position = np.full(mask.size, -1, dtype=np.int64)
         position[flat] = np.arange(flat.size, dtype=np.int64)
         position = position.reshape(mask.shape)
@@ -64,7 +72,7 @@ class RoiGeometry:
             src, dst = _slices(offset, mask.shape)
             both = mask[src] & mask[dst]
             pairs.append((position[src][both], position[dst][both]))
-        return cls(shape=tuple(int(n) for n in mask.shape), flat=flat, pairs=tuple(pairs))
+        return tuple(pairs)
 
     @property
     def n_voxels(self) -> int:

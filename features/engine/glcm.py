@@ -6,7 +6,7 @@ absent from the ROI, makes each matrix symmetrical (``P + P.T``), drops angles w
 normalises each angle and averages the per-angle feature values with ``nanmean``. Here the ROI's
 levels are laid on its box grown by one voxel (-1 outside the ROI), and one scan of the ROI
 voxels (``RoiGeometry.flat``) looks up the 13 neighbours of each without bounds checks: the same
-pairs as ``RoiGeometry.pairs``, without streaming 16 bytes of indices per pair for every image.
+pairs as ``RoiGeometry.pairs``, in the scan GLDM and NGTDM share (:mod:`features.engine.levels`).
 
 Details kept from pyradiomics: Idmn/Idn and the k ranges of p_{x+y}/p_{x-y} use Ng = the highest
 grey level present in the ROI (not the number of present levels); Correlation is 1 and Imc1 is 0
@@ -26,21 +26,13 @@ import numpy as np
 from features.engine._glcm_kernels import (
     EPS,
     N_FEATURES,
-    compact_levels,
     glcm_angle_features,
-    glcm_counts,
     mcc_q_matrices,
-    padded_labels,
-    padded_strides,
 )
-from features.engine.geometry import OFFSETS, RoiGeometry
-from features.errors import FeatureError
+from features.engine.geometry import RoiGeometry
+from features.engine.levels import ANGLES, ImageLevels, roi_levels
 
-__all__ = ["ANGLES", "GLCM_FEATURES", "glcm_features", "nanmean_angles", "roi_levels"]
-
-ANGLES: np.ndarray = np.ascontiguousarray(OFFSETS[::-1])
-"""The 13 offsets in pyradiomics' order ((1, 1, 1) first): per-angle values are averaged in that
-order, so that the means round as pyradiomics' do."""
+__all__ = ["ANGLES", "GLCM_FEATURES", "glcm_features", "glcm_from_levels", "nanmean_angles", "roi_levels"]
 
 _ANGLE_FEATURES = (
     "Autocorrelation", "JointAverage", "ClusterProminence", "ClusterShade", "ClusterTendency",
@@ -52,27 +44,6 @@ assert len(_ANGLE_FEATURES) == N_FEATURES
 
 GLCM_FEATURES: tuple[str, ...] = _ANGLE_FEATURES + ("MCC",)
 """The 24 non-deprecated GLCM features of pyradiomics 3.0.1 (names without prefix)."""
-
-
-def roi_levels(q: np.ndarray, geometry: RoiGeometry) -> tuple[np.ndarray, np.ndarray]:
-    """Grey levels present in the ROI of the discretised image ``q`` and each ROI voxel's index among them.
-
-    Shared by the texture classes: pyradiomics deletes empty grey levels from its matrices, which
-    is the same as indexing them by present level. Raises :class:`FeatureError` on an empty ROI or
-    on levels below 1 (``q`` must come from pyradiomics' ``binImage`` discretisation).
-    """
-    if geometry.n_voxels == 0:
-        raise FeatureError("the ROI has no voxels, so no texture matrix can be computed",
-                           fix="check that the mask holds the label inside the image")
-    v = geometry.values(q)
-    if not np.issubdtype(v.dtype, np.integer):
-        raise FeatureError(f"the discretised image has dtype {v.dtype}, not integer grey levels",
-                           fix="discretise the image (binWidth/binCount) before texture features")
-    v = v.astype(np.int64, copy=False)
-    if int(v.min()) < 1:
-        raise FeatureError(f"the discretised ROI has grey level {int(v.min())}; levels start at 1",
-                           fix="discretise the image with pyradiomics' binning (levels 1..Ng)")
-    return compact_levels(v)
 
 
 def nanmean_angles(values: np.ndarray) -> np.ndarray:
@@ -173,10 +144,14 @@ def _mcc(p: np.ndarray) -> float:
 
 def glcm_features(q: np.ndarray, geometry: RoiGeometry) -> dict[str, float]:
     """The 24 GLCM features of the ROI in the discretised image ``q`` (pyradiomics' values and names)."""
-    levels, codes = roi_levels(q, geometry)
+    return glcm_from_levels(ImageLevels.of(q, geometry))
+
+
+def glcm_from_levels(lv: ImageLevels) -> dict[str, float]:
+    """:func:`glcm_features` of an image's laid-out levels (shared with the other classes)."""
+    levels = lv.levels
     n = levels.size
-    lab, pos = padded_labels(geometry.flat, geometry.shape, codes)
-    counts = glcm_counts(lab, pos, n, padded_strides(geometry.shape, ANGLES))
+    counts = lv.neighbours[0]
     keep = counts.reshape(counts.shape[0], -1).any(axis=1)
     if not keep.any():  # no two neighbouring ROI voxels: every angle is empty
         out = dict.fromkeys(_ANGLE_FEATURES, float("nan"))

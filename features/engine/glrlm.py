@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from features.engine._glcm_kernels import padded_labels, padded_strides
 from features.engine._glrlm_kernels import N_FEATURES, glrlm_angle_features, glrlm_counts
 from features.engine.geometry import RoiGeometry
-from features.engine.glcm import ANGLES, nanmean_angles, roi_levels
+from features.engine.glcm import nanmean_angles
+from features.engine.levels import ANGLES, ImageLevels
 
-__all__ = ["GLRLM_FEATURES", "glrlm_features"]
+__all__ = ["GLRLM_FEATURES", "glrlm_features", "glrlm_from_levels"]
 
 GLRLM_FEATURES: tuple[str, ...] = (
     "ShortRunEmphasis", "LongRunEmphasis", "GrayLevelNonUniformity",
@@ -51,10 +51,14 @@ def _line_holds_two(geometry: RoiGeometry, offset: np.ndarray) -> bool:
 
 def glrlm_features(q: np.ndarray, geometry: RoiGeometry) -> dict[str, float]:
     """The 16 GLRLM features of the ROI in the discretised image ``q`` (pyradiomics' values and names)."""
-    levels, codes = roi_levels(q, geometry)
-    lab, pos = padded_labels(geometry.flat, geometry.shape, codes)
-    counts, adjacent = glrlm_counts(lab, pos, levels.size, padded_strides(geometry.shape, ANGLES),
-                                    max(geometry.shape))
+    return glrlm_from_levels(ImageLevels.of(q, geometry))
+
+
+def glrlm_from_levels(lv: ImageLevels) -> dict[str, float]:
+    """:func:`glrlm_features` of an image's laid-out levels (shared with the other classes)."""
+    geometry, levels = lv.geometry, lv.levels
+    lab, pos = lv.grid
+    counts, adjacent = glrlm_counts(lab, pos, levels.size, lv.steps, max(geometry.shape))
     keep = adjacent.copy()
     for k in np.flatnonzero(~adjacent):
         keep[k] = _line_holds_two(geometry, ANGLES[k])

@@ -12,10 +12,11 @@ from __future__ import annotations
 import cc3d
 import numpy as np
 
-from features.engine._zone_kernels import level_size_matrix, matrix_features, rename, roi_levels
+from features.engine._zone_kernels import level_size_matrix, matrix_features, rename
 from features.engine.geometry import RoiGeometry
+from features.engine.levels import ImageLevels
 
-__all__ = ["GLSZM_FEATURES", "glszm_features", "zones"]
+__all__ = ["GLSZM_FEATURES", "glszm_features", "glszm_from_levels", "zones"]
 
 _NAMES = {
     "SmallAreaEmphasis": "SmallS",
@@ -42,7 +43,11 @@ GLSZM_FEATURES: tuple[str, ...] = tuple(_NAMES)
 
 def zones(q: np.ndarray, geometry: RoiGeometry) -> tuple[np.ndarray, np.ndarray]:
     """Grey level and size of every 26-connected zone of equal grey level inside the ROI."""
-    values = roi_levels(q, geometry, "GLSZM")
+    return _zones(ImageLevels.of(q, geometry))
+
+
+def _zones(lv: ImageLevels) -> tuple[np.ndarray, np.ndarray]:
+    geometry, values = lv.geometry, lv.values
     top = int(values.max())
     dtype = np.uint16 if top < 2 ** 16 else np.uint32 if top < 2 ** 32 else np.uint64
     labels = np.zeros(geometry.shape, dtype=dtype)
@@ -57,7 +62,12 @@ def zones(q: np.ndarray, geometry: RoiGeometry) -> tuple[np.ndarray, np.ndarray]
 
 def glszm_features(q: np.ndarray, geometry: RoiGeometry) -> dict[str, float]:
     """All 16 GLSZM features of the discretised image ``q`` (grey levels 1..Ng inside the ROI)."""
-    levels, sizes = zones(q, geometry)
+    return glszm_from_levels(ImageLevels.of(q, geometry))
+
+
+def glszm_from_levels(lv: ImageLevels) -> dict[str, float]:
+    """:func:`glszm_features` of an image's laid-out levels (shared with the other classes)."""
+    levels, sizes = _zones(lv)
     P, ivector, jvector = level_size_matrix(levels, sizes)
     out = matrix_features(P, ivector, jvector)
     Np = float(np.sum(sizes))  # pyradiomics: sum(ps * jvector), the ROI's voxel count

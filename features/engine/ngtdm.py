@@ -5,17 +5,19 @@ inside the ROI (26-neighbourhood, distance 1) and adds ``|grey level - mean|`` t
 voxel's grey level. A voxel without any ROI neighbour still counts in ``n_i`` (and in ``Nvp``) but
 adds a difference of 0. Grey levels absent from the ROI are deleted, so every ``p_i`` > 0 and
 pyradiomics' ``p_zero`` masking never applies. Neighbour counts and sums come from the ROI's
-neighbour pairs (integer sums, exact as in C); ``s_i`` sums differences in the C loop's voxel order.
+one scan of the neighbourhood per image (integer sums, exact as in C); ``s_i`` sums differences
+in the C loop's voxel order.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from features.engine._zone_kernels import add_neighbour_sums, grey_tone_sums, roi_levels
+from features.engine._zone_kernels import grey_tone_sums
 from features.engine.geometry import RoiGeometry
+from features.engine.levels import ImageLevels
 
-__all__ = ["NGTDM_FEATURES", "ngtdm_features", "ngtdm_matrix"]
+__all__ = ["NGTDM_FEATURES", "ngtdm_features", "ngtdm_from_levels", "ngtdm_matrix"]
 
 NGTDM_FEATURES: tuple[str, ...] = ("Coarseness", "Contrast", "Busyness", "Complexity", "Strength")
 """The 5 NGTDM feature names of pyradiomics."""
@@ -23,19 +25,24 @@ NGTDM_FEATURES: tuple[str, ...] = ("Coarseness", "Contrast", "Busyness", "Comple
 
 def ngtdm_matrix(q: np.ndarray, geometry: RoiGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(n_i, s_i, i)`` for the grey levels present in the ROI, in ascending order."""
-    values = roi_levels(q, geometry, "NGTDM")
-    acc = np.zeros(values.size, dtype=np.int64)
-    for a, b in geometry.pairs:
-        if a.size:
-            add_neighbour_sums(values, a, b, acc)
-    n, s = grey_tone_sums(values, acc, int(values.max()))
+    return _matrix(ImageLevels.of(q, geometry))
+
+
+def _matrix(lv: ImageLevels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    values = lv.values
+    n, s = grey_tone_sums(values, lv.neighbours[2], int(values.max()))
     present = np.flatnonzero(n)
     return n[present], s[present], present.astype(np.float64)
 
 
 def ngtdm_features(q: np.ndarray, geometry: RoiGeometry) -> dict[str, float]:
     """All 5 NGTDM features of the discretised image ``q`` (grey levels 1..Ng inside the ROI)."""
-    n, s_i, i = ngtdm_matrix(q, geometry)
+    return ngtdm_from_levels(ImageLevels.of(q, geometry))
+
+
+def ngtdm_from_levels(lv: ImageLevels) -> dict[str, float]:
+    """:func:`ngtdm_features` of an image's laid-out levels (shared with the other classes)."""
+    n, s_i, i = _matrix(lv)
     Nvp = np.sum(n)
     p_i = n / Nvp
     Ngp = int(np.sum(n > 0))
