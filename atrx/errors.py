@@ -38,7 +38,7 @@ class ExitCode(IntEnum):
     FAILURE = 1
     #: bad input: configuration, missing data, unknown names; the message says what to fix
     BAD_INPUT = 2
-    #: ``atrx retrain``: the candidate was not better, production kept
+    #: ``atrx retrain``: not promoted (worse than production, or a first model below the AUC floor)
     KEPT = 10
     #: Ctrl-C
     INTERRUPTED = 130

@@ -513,8 +513,15 @@ def test_retrain_promotes_better_and_keeps_production_otherwise(
     from training.promotion import run_retrain
 
     ws = build_workspace(tmp_path / "home")
+    # the first model: no production to compare with, so its AUC CI must clear the floor (0.5)
+    first = run_retrain(ws, as_of="2025-01-01", study_path=small_study)
+    assert first.exit_code == 0 and first.decision == "promoted" and not first.override
+    assert first.floor == 0.5 and first.candidate_auc_ci[0] > 0.5, first.rows()
+    assert "CI lower bound above the floor 0.500" in first.reason
+    assert registry.production(ws).tag == first.candidate_tag
     bad = _promote_bad_model(ws, small_study)
 
+    caplog.clear()
     with caplog.at_level(logging.INFO, logger="atrx.retrain"):
         better = run_retrain(ws, as_of="2025-01-01", study_path=small_study)
     assert better.exit_code == 0 and better.decision == "promoted", better.rows()
@@ -538,12 +545,54 @@ def test_retrain_promotes_better_and_keeps_production_otherwise(
     assert len(lines) == 1 and "kept production" in lines[0].getMessage()
     assert "-0.500" in lines[0].getMessage()
     stages = [m.stage for m in registry.list_models(ws).models]
-    assert stages.count("production") == 1 and len(stages) == 3
+    assert stages.count("production") == 1 and len(stages) == 4
+    assert better.floor is None and worse.floor is None  # the floor is for a first model only
     with Catalog(ws.catalog, read_only=True) as cat:
         decisions = cat.query(
             "SELECT json_extract_string(counts, '$.decision') FROM runs WHERE stage = 'retrain' "
             "ORDER BY started_at")
-    assert [d[0] for d in decisions] == ["promoted", "kept"]
+    assert [d[0] for d in decisions] == ["promoted", "promoted", "kept"]
+
+
+def test_first_model_below_the_floor_stays_a_candidate_unless_overridden(
+    tmp_path: Path, small_study: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No production model and an AUC CI lower bound <= promotion.first_model_auc_floor: exit
+    10, the candidate stays in the store; ``--promote-below-floor`` promotes it, on record."""
+    from typer.testing import CliRunner
+
+    from atrx import registry
+    from atrx.cli import app
+    from training.promotion import OVERRIDE_REASON, run_retrain
+
+    ws = build_workspace(tmp_path / "home")
+    high = tmp_path / "high_floor.yaml"
+    high.write_text(small_study.read_text() + "promotion:\n  first_model_auc_floor: 0.99\n")
+    with caplog.at_level(logging.INFO, logger="atrx.retrain"):
+        kept = run_retrain(ws, as_of="2025-01-01", study_path=high)
+    assert kept.exit_code == 10 and kept.decision == "kept", kept.rows()
+    lo, hi = kept.candidate_auc_ci
+    assert lo <= 0.99 and not kept.override
+    assert registry.production(ws) is None
+    assert registry.show(ws, kept.candidate_tag).stage == "candidate"
+    for text in (f"candidate AUC {kept.candidate_auc:.3f}", f"DeLong 95% CI {lo:.3f}-{hi:.3f}",
+                 "validation + test rows", "first_model_auc_floor 0.990", "stays a candidate"):
+        assert text in kept.reason
+    assert "more data" in kept.fix and "--promote-below-floor" in kept.fix
+    lines = [r.getMessage() for r in caplog.records if r.name == "atrx.retrain"]
+    assert len(lines) == 1 and "kept" in lines[0] and "0.990" in lines[0]
+
+    result = CliRunner().invoke(app, ["retrain", "--home", str(ws.home), "--as-of", "2025-01-01",
+                                      "--study", str(high), "--promote-below-floor"])
+    assert result.exit_code == 0, result.output
+    assert "override:" in result.stdout and OVERRIDE_REASON in result.stdout
+    promoted = registry.production(ws)
+    assert promoted is not None and promoted.tag != kept.candidate_tag
+    assert registry.show(ws, kept.candidate_tag).stage == "candidate"
+    history = json.loads(registry.stages_path(ws).read_text())["history"]
+    entry = [h for h in history if h["tag"] == promoted.tag and h["to"] == "production"]
+    assert len(entry) == 1 and entry[0]["reason"].startswith(OVERRIDE_REASON)
+    assert "floor 0.990" in entry[0]["reason"]
 
 
 def test_retrain_bad_input_exit_codes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

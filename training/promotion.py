@@ -1,14 +1,20 @@
 """``run_retrain``: train a candidate, compare it with production on the same rows, promote or keep.
 
 The candidate is promoted when AUC(candidate) >= AUC(production) - margin on the candidate's
-validation + test rows (or when there is no production model). Both models are scored on exactly
-the same rows: the production model's features are fetched point-in-time for those rows when the
-candidate's study did not load them, and rows that lack any of them are left out for both.
+validation + test rows. Both models are scored on exactly the same rows: the production model's
+features are fetched point-in-time for those rows when the candidate's study did not load them,
+and rows that lack any of them are left out for both.
+
+With no production model (the first model) the candidate is promoted only when the lower bound of
+the DeLong 95% CI of its AUC on the same validation + test rows lies above
+``promotion.first_model_auc_floor`` (default 0.5, chance); otherwise it stays a candidate and the
+exit code is 10, unless ``promote_below_floor`` (``atrx retrain --promote-below-floor``) overrides
+the floor, which the stage history records with the reason ``override: below floor (...)``.
 
 Exit codes (``RetrainSummary.exit_code``, :class:`atrx.errors.ExitCode`): 0 the candidate was
-promoted, 10 the production model was kept (candidate worse), 2 bad input (study file, no data,
-views missing), 1 unexpected failure. Each decision is one log line on ``atrx.retrain`` and one
-``retrain`` row in the catalog's ``runs`` table.
+promoted, 10 it was not (worse than production, or a first model below the floor), 2 bad input
+(study file, no data, views missing), 1 unexpected failure. Each decision is one log line on
+``atrx.retrain`` and one ``retrain`` row in the catalog's ``runs`` table.
 """
 
 from __future__ import annotations
@@ -29,14 +35,20 @@ from atrx.errors import ExitCode, debug_enabled
 from atrx.workspace import Workspace
 from training.artifacts import Table, TrainSummary, fmt3
 from training.dataset import LABEL, TrainingDataError
+from training.delong import delong_ci
 from training.protocol import ProgressFn
 from training.run import Trained, is_bad_input, train
 from training.study import load_study
 
-__all__ = ["RetrainSummary", "decide", "production_frame", "run_retrain"]
+__all__ = ["OVERRIDE_REASON", "RetrainSummary", "decide", "production_frame", "run_retrain"]
 
 log = logging.getLogger(__name__)
 retrain_log = logging.getLogger("atrx.retrain")
+
+#: the stage-history reason of a first model promoted although its AUC CI is below the floor
+OVERRIDE_REASON = "override: below floor"
+#: the rows both promotion rules (margin and first-model floor) score the candidate on
+EVALUATION_SET = "validation + test rows"
 
 
 @dataclass
@@ -54,6 +66,11 @@ class RetrainSummary:
     run_id: str | None = None
     train: TrainSummary | None = None
     error: str | None = None
+    candidate_auc_ci: tuple[float, float] | None = None  # DeLong 95% CI (first model only)
+    floor: float | None = None  # promotion.first_model_auc_floor, when it applied
+    override: bool = False  # promoted below the floor by --promote-below-floor
+    reason: str | None = None
+    fix: str | None = None
 
     def tables(self) -> list[Table]:
         return self.train.tables() if self.train else []
@@ -66,10 +83,20 @@ class RetrainSummary:
             out.append(("training run", self.train.run_id))
         out += [
             ("candidate", f"{self.candidate_tag or '-'} (AUC {fmt3(self.candidate_auc)})"),
+        ]
+        if self.candidate_auc_ci:
+            ci = "-".join(map(fmt3, self.candidate_auc_ci))
+            out.append(("candidate AUC 95% CI (DeLong)", ci))
+        if self.floor is not None:
+            out.append(("first-model floor", f"CI lower bound > {fmt3(self.floor)}"
+                        + (" (overridden)" if self.override else "")))
+        out += [
             ("production before", f"{self.production_tag or 'none'} (AUC {fmt3(self.production_auc)})"),
             ("margin", fmt3(self.margin)),
             ("evaluation rows (validation + test)", str(self.n_evaluation_rows)),
         ]
+        if self.reason:
+            out.append(("reason", self.reason))
         if self.train:
             out.append(("report", self.train.report_path))
         return out
@@ -94,22 +121,23 @@ def production_frame(ws: Workspace, model: Any, frame: pd.DataFrame) -> pd.DataF
 
 
 def decide(ws: Workspace, trained: Trained, current: registry.ModelRecord | None,
-           margin: float) -> RetrainSummary:
+           margin: float, *, floor: float = 0.5,
+           promote_below_floor: bool = False) -> RetrainSummary:
     """Score candidate and production on the candidate's validation + test rows; promote the
-    candidate when it is not worse than production by more than ``margin``."""
+    candidate when it is not worse than production by more than ``margin``. With no production
+    model, the first-model floor decides instead (:func:`_decide_first`)."""
     result, sp = trained.run.result, trained.run.split
     candidate = trained.summary.tag
     rows = np.concatenate([sp.validation, sp.test])
     evaluation = trained.run.data.frame.iloc[rows].reset_index(drop=True)
     y = evaluation[LABEL].to_numpy()
     if current is None:
-        cand_auc = float(roc_auc_score(y, result.fusion.predict_proba(evaluation)[:, 1]))
-        registry.promote(ws, candidate, reason="no production model")
-        retrain_log.info(
-            "promoted %s: no production model (candidate AUC %.4f, production AUC n/a, "
-            "margin %.3f, %d evaluation rows)", candidate, cand_auc, margin, len(y))
-        return RetrainSummary("promoted", ExitCode.OK, margin, candidate, cand_auc, None, None,
-                              len(y), train=trained.summary)
+        if np.unique(y).size < 2:
+            raise TrainingDataError("the evaluation rows hold one ATRX class only; no AUC")
+        summary = _decide_first(ws, candidate, y, result.fusion.predict_proba(evaluation)[:, 1],
+                                floor, promote_below_floor)
+        summary.margin, summary.train = margin, trained.summary
+        return summary
     old = registry.load_model(ws, current.tag)
     prod_frame = production_frame(ws, old, evaluation)
     usable = ~prod_frame[old.required_features].isna().any(axis=1).to_numpy()
@@ -140,14 +168,58 @@ def decide(ws: Workspace, trained: Trained, current: registry.ModelRecord | None
                           n_usable, train=trained.summary)
 
 
+def _decide_first(ws: Workspace, candidate: str, y: np.ndarray, scores: np.ndarray, floor: float,
+                  promote_below_floor: bool) -> RetrainSummary:
+    """No production model: promote when the DeLong 95% CI lower bound of the candidate's AUC
+    on the evaluation rows lies above ``floor``, or when ``promote_below_floor`` overrides it;
+    otherwise the candidate stays a candidate (exit code 10)."""
+    auc = float(roc_auc_score(y, scores))
+    try:
+        _, lo, hi = delong_ci(y, scores, 0.95)
+    except ValueError:  # fewer than 2 cases of a class: no CI, so nothing can clear the floor
+        lo = hi = None
+    ci = ("no DeLong CI: fewer than 2 cases of a class" if lo is None
+          else f"DeLong 95% CI {lo:.3f}-{hi:.3f}")
+    what = f"candidate AUC {auc:.3f} ({ci}) on its {len(y)} {EVALUATION_SET}"
+    below = (f"the CI lower bound {lo:.3f} is not above" if lo is not None
+             else "without a CI it cannot clear")
+    summary = RetrainSummary("promoted", ExitCode.OK, None, candidate, auc, None, None, len(y),
+                             candidate_auc_ci=None if lo is None else (lo, hi), floor=floor)
+    if lo is not None and lo > floor:
+        summary.reason = f"no production model; {what}: CI lower bound above the floor {floor:.3f}"
+        registry.promote(ws, candidate, reason=summary.reason)
+        retrain_log.info("promoted %s: %s", candidate, summary.reason)
+    elif promote_below_floor:
+        summary.override = True
+        summary.reason = (f"{OVERRIDE_REASON} (no production model; {what}; {below} the floor "
+                          f"{floor:.3f})")
+        registry.promote(ws, candidate, reason=summary.reason)
+        retrain_log.warning("promoted %s: %s", candidate, summary.reason)
+    else:
+        summary.decision, summary.exit_code = "kept", ExitCode.KEPT
+        summary.reason = (f"no production model, and {what}; {below} the floor "
+                          f"promotion.first_model_auc_floor {floor:.3f}, so {candidate} stays a "
+                          "candidate")
+        summary.fix = ("train on more data (more patients or centers narrow the CI), or promote "
+                       "anyway: `atrx retrain --promote-below-floor` (recorded as "
+                       f"'{OVERRIDE_REASON}') or `atrx models promote {candidate}`")
+        retrain_log.info("kept %s as a candidate: %s", candidate, summary.reason)
+    return summary
+
+
 def run_retrain(
     ws: Workspace,
     as_of: str | dt.date | dt.datetime | None = None,
     study_path: str | Path | None = None,
     progress: ProgressFn | None = None,
+    promote_below_floor: bool = False,
 ) -> RetrainSummary:
     """Train a candidate and decide (see the module docstring); never raises for a bad run, so a
-    scheduler always gets an exit code. One log line on ``atrx.retrain`` per decision."""
+    scheduler always gets an exit code. One log line on ``atrx.retrain`` per decision.
+
+    ``promote_below_floor`` promotes a first model whose AUC CI is not above
+    ``promotion.first_model_auc_floor`` (recorded as an override); it changes nothing when a
+    production model exists."""
     margin: float | None = None
     trained: Trained | None = None
     summary: RetrainSummary
@@ -156,7 +228,8 @@ def run_retrain(
         margin = study.promotion.margin
         current = registry.production(ws)
         trained = train(ws, as_of, study, study_path, progress)
-        summary = decide(ws, trained, current, margin)
+        summary = decide(ws, trained, current, margin, floor=study.promotion.first_model_auc_floor,
+                         promote_below_floor=promote_below_floor)
     except Exception as exc:  # the exit code must say what happened, not crash the scheduler
         done = trained.summary if trained else None
         if is_bad_input(exc):
@@ -186,6 +259,10 @@ def _record_retrain(ws: Workspace, summary: RetrainSummary) -> None:
                 "production_before": summary.production_tag,
                 "production_auc": summary.production_auc,
                 "margin": summary.margin,
+                "candidate_auc_ci": list(summary.candidate_auc_ci or []) or None,
+                "first_model_auc_floor": summary.floor,
+                "override": summary.override,
+                "reason": summary.reason,
                 "evaluation_rows": summary.n_evaluation_rows,
                 "train_run": summary.train.run_id if summary.train else None,
                 "error": summary.error,

@@ -197,9 +197,23 @@ class StabilityConfig(StrictModel):
 
 class PromotionConfig(StrictModel):
     """Retraining promotes a candidate when AUC(candidate) >= AUC(production) - margin, both on
-    the candidate's validation + test rows. A negative margin demands a strict improvement."""
+    the candidate's validation + test rows. A negative margin demands a strict improvement.
 
-    margin: float = Field(0.02, ge=-1.0, le=1.0)
+    With no production model yet there is nothing to compare with, so the first model is
+    promoted only when the lower bound of the DeLong 95% CI of its AUC on the same rows lies
+    above ``first_model_auc_floor`` (``atrx retrain --promote-below-floor`` overrides it)."""
+
+    margin: float = Field(
+        0.02, ge=-1.0, le=1.0,
+        description="promote when AUC(candidate) >= AUC(production) - margin "
+                    "(both on the candidate's validation + test rows)",
+    )
+    first_model_auc_floor: float = Field(
+        0.5, ge=0.0, lt=1.0,
+        description="with no production model, promote only when the DeLong 95% CI lower bound "
+                    "of the candidate's AUC (validation + test rows) lies above this floor "
+                    "(0.5: better than chance); `atrx retrain --promote-below-floor` overrides it",
+    )
 
 
 @dataclass(frozen=True)

@@ -22,26 +22,50 @@ def train(home: HomeOpt = None, as_of: AsOfOpt = None, study: StudyOpt = None) -
     con.print(f"report: {summary.report_path}")
 
 
-def retrain(home: HomeOpt = None, as_of: AsOfOpt = None, study: StudyOpt = None) -> None:
+PromoteBelowFloorOpt = Annotated[bool, typer.Option(
+    "--promote-below-floor",
+    help="with no production model, promote the candidate even when its AUC's DeLong 95% CI "
+         "lower bound is not above promotion.first_model_auc_floor (recorded as "
+         "'override: below floor'); no effect when a production model exists")]
+
+
+def retrain(home: HomeOpt = None, as_of: AsOfOpt = None, study: StudyOpt = None,
+            promote_below_floor: PromoteBelowFloorOpt = False) -> None:
     """Train, compare with production on the same evaluation rows, promote when not worse.
 
-    Exit codes: 0 promoted, 10 production kept (candidate worse), 2 bad input, 1 failure.
+    With no production model, the first candidate is promoted only when the DeLong 95% CI lower
+    bound of its AUC is above promotion.first_model_auc_floor (or with --promote-below-floor).
+    Exit codes: 0 promoted, 10 not promoted (production kept, or first model below the floor),
+    2 bad input, 1 failure.
     """
     from atrx.ui import console
     from atrx.workspace import Workspace
 
-    summary = run_retrain_cli(console(), Workspace.at(home), as_of=as_of, study=study)
+    summary = run_retrain_cli(console(), Workspace.at(home), as_of=as_of, study=study,
+                              promote_below_floor=promote_below_floor)
     raise typer.Exit(int(summary.exit_code))
 
 
-def run_retrain_cli(con: Any, ws: Any, *, as_of: str | None = None, study: Any = None) -> Any:
-    """Run the retrain decision with step lines; print its tables and decision."""
+def run_retrain_cli(con: Any, ws: Any, *, as_of: str | None = None, study: Any = None,
+                    promote_below_floor: bool = False) -> Any:
+    """Run the retrain decision with step lines; print its tables, decision and, for a first
+    model, how it fared against the floor (kept with the fix, or promoted by the override)."""
     from atrx.ui import kv_table
     from training.promotion import run_retrain
 
-    summary = run_retrain(ws, as_of=as_of, study_path=study, progress=step_printer(con))
+    summary = run_retrain(ws, as_of=as_of, study_path=study, progress=step_printer(con),
+                          promote_below_floor=promote_below_floor)
     print_tables(con, summary.tables())
     con.print(kv_table("retrain decision", summary.rows()))
+    if summary.override:
+        con.print(f"[bold yellow]override:[/] {summary.candidate_tag} promoted although its AUC CI "
+                  f"lower bound is not above the first-model floor {summary.floor:.3f} "
+                  "(--promote-below-floor); the stage history records 'override: below floor'",
+                  highlight=False)
+    elif summary.fix:
+        con.print(f"[bold yellow]not promoted:[/] {summary.candidate_tag} stays a candidate "
+                  "(see reason)", highlight=False)
+        con.print(f"[bold]fix:[/] {summary.fix}", highlight=False)
     return summary
 
 
