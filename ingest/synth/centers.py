@@ -6,7 +6,7 @@ one place and the center YAMLs are rendered from the same facts that produced th
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +173,32 @@ SPECS: dict[str, CenterSpec] = {
                        116.0, gain=900.0, noise=0.045, offset=15.0),
     ),
 }
+
+
+#: ``atrx synth --size``: ``compact`` (the default: fields of view just around the synthetic head,
+#: 1 mm grids of about 112x156x132) or ``clinical`` (what hospitals send: 220-240 mm fields of view
+#: and 144-154 mm of coverage at the same in-plane spacings of 0.9-1.2 mm, 1 mm grids of about
+#: 230x230x144; about three times the voxels, so this is what benchmarks of cost should use).
+SIZES: tuple[str, ...] = ("compact", "clinical")
+
+#: per center: (T1c field of view left-right x anterior-posterior, T1c coverage, T2f field of
+#: view, T2f coverage), mm, for ``size="clinical"``.
+CLINICAL_FOV: dict[str, tuple[tuple[float, float], float, tuple[float, float], float]] = {
+    "A": ((230.0, 230.0), 144.0, (230.0, 230.0), 150.0),
+    "B": ((220.0, 220.0), 148.0, (219.6, 219.6), 154.0),  # 244 columns of 0.9 mm
+    "C": ((240.0, 240.0), 150.0, (240.0, 240.0), 152.0),
+}
+
+
+def sized(spec: CenterSpec, size: str) -> CenterSpec:
+    """``spec`` with the T1c and T2f fields of view of ``size`` (see :data:`SIZES`); distractors keep theirs."""
+    if size not in SIZES:
+        raise ValueError(f"unknown synthetic scan size {size!r}; choose one of {', '.join(SIZES)}")
+    if size == "compact":
+        return spec
+    fov1, slab1, fov2, slab2 = CLINICAL_FOV[spec.code]
+    return replace(spec, t1c=replace(spec.t1c, fov=fov1, slab=slab1),
+                   t2f=replace(spec.t2f, fov=fov2, slab=slab2))
 
 
 def center_config(center: str, source: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from ingest.synth.acquire import Motion, draw_motion
-from ingest.synth.centers import CENTERS, SPECS
+from ingest.synth.centers import CENTERS, SIZES, SPECS
 from ingest.synth.effects import CenterEffects, effects_for
 from ingest.synth.phantom import LATENT, HeadParams, draw_head_params
 
@@ -161,6 +161,7 @@ class PatientPlan:
     fov_shift_mm: tuple[float, float, float]
     gain_jitter: tuple[float, float]  # t1c, t2f
     effects: CenterEffects  # the center's acquisition and annotation effects (or NO_EFFECTS)
+    size: str = "compact"  # fields of view: centers.SIZES (the images only; nothing else changes)
 
     @property
     def mutant(self) -> bool:
@@ -202,12 +203,16 @@ def _birth_date(scan: dt.date, age: int, days_before: int) -> dt.date:
     return anniversary - dt.timedelta(days=days_before)
 
 
-def center_plan(center: str, scale: float = 1.0, seed: int = 0, center_effects: bool = True) -> list[PatientPlan]:
+def center_plan(center: str, scale: float = 1.0, seed: int = 0, center_effects: bool = True,
+                size: str = "compact") -> list[PatientPlan]:
     """The patients of one center, in ``patient_index`` order.
 
-    ``center_effects`` only chooses how they are acquired and annotated: every other field, the
-    ATRX label and the latent properties included, is the same either way.
+    ``center_effects`` only chooses how they are acquired and annotated, ``size`` the fields of
+    view (``centers.SIZES``): every other field, the ATRX label and the latent properties
+    included, is the same either way.
     """
+    if size not in SIZES:
+        raise ValueError(f"unknown synthetic scan size {size!r}; choose one of {', '.join(SIZES)}")
     fx = effects_for(center, center_effects)
     ci = CENTERS.index(center)
     table = clinical_table(scale, seed, centers=(center,))
@@ -250,14 +255,16 @@ def center_plan(center: str, scale: float = 1.0, seed: int = 0, center_effects: 
             fov_shift_mm=tuple(float(v) for v in params_rng.uniform(-4.0, 4.0, 3)),
             gain_jitter=(float(np.exp(params_rng.normal(0, 0.1))), float(np.exp(params_rng.normal(0, 0.1)))),
             effects=fx,
+            size=size,
         ))
     return plans
 
 
 def cohort_plan(scale: float = 1.0, seed: int = 0, centers: tuple[str, ...] = CENTERS,
-                center_effects: bool = True) -> list[PatientPlan]:
+                center_effects: bool = True, size: str = "compact") -> list[PatientPlan]:
     """All patients of ``centers``; a center's plan does not depend on which others are drawn."""
-    return [p for c in CENTERS if c in centers for p in center_plan(c, scale, seed, center_effects)]
+    return [p for c in CENTERS if c in centers
+            for p in center_plan(c, scale, seed, center_effects, size)]
 
 
 def rescan(plan: PatientPlan, center: str, center_effects: bool = True) -> PatientPlan:

@@ -23,7 +23,7 @@ import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
 from ingest.synth.acquire import Grid, plan_grid, sample, scanner, tilt_direction
-from ingest.synth.centers import CENTERS, SPECS, SeriesSpec, write_center_configs
+from ingest.synth.centers import CENTERS, SPECS, CenterSpec, SeriesSpec, sized, write_center_configs
 from ingest.synth.cohort import PatientPlan, center_plan, cohort_plan, rng_for, truth_row
 from ingest.synth.dicom import safe_name, write_dicom_series
 from ingest.synth.effects import annotate, center_spec, effects_for
@@ -81,9 +81,14 @@ def _localizer_grids(spec: SeriesSpec, center: np.ndarray) -> list[Grid]:
     return [plan_grid(one, center, d) for d in directions]
 
 
+def acquired_spec(plan: PatientPlan) -> CenterSpec:
+    """The patient's center as it acquired this patient: its effects and the cohort's scan size."""
+    return sized(center_spec(plan.center, plan.effects), plan.size)
+
+
 def render_patient(plan: PatientPlan) -> RenderedPatient:
     """Synthesize the truth head and acquire every series of the patient's center (with its effects)."""
-    spec, fx = center_spec(plan.center, plan.effects), plan.effects
+    spec, fx = acquired_spec(plan), plan.effects
     rng = rng_for(plan.seed, "render", CENTERS.index(plan.center), plan.index)
     truth = synth_head(plan.head, rng)
     volumes = label_volumes_ml(truth["labels"])
@@ -137,7 +142,7 @@ def _series_time(plan: PatientPlan, minutes_after: int) -> str:
 
 def _write_dicom_study(plan: PatientPlan, rendered: RenderedPatient, folder_for: Callable[[SeriesSpec], Path],
                        filename_pattern: str) -> list[Path]:
-    spec = center_spec(plan.center, plan.effects)
+    spec = acquired_spec(plan)
     study_uid = generate_uid(entropy_srcs=[str(plan.seed), plan.center, plan.patient_id, "study"])
     frame_uid = generate_uid(entropy_srcs=[study_uid, "frame"])
     patient = plan.phi()
@@ -329,6 +334,7 @@ class CohortSummary:
     seconds: float
     centers: dict[str, CenterCounts] = field(default_factory=dict)
     center_effects: bool = True
+    size: str = "compact"
 
     @property
     def patients(self) -> int:
@@ -370,7 +376,7 @@ _OWNED = ("A", "B", "C", "centers", "truth.csv", "synth.json")
 
 
 def write_manifest(out: Path, *, scale: float, seed: int, centers: tuple[str, ...], per_center: int | None,
-                   center_effects: bool) -> Path:
+                   center_effects: bool, size: str = "compact") -> Path:
     """``out/synth.json``: how the cohort was drawn, so a reader knows which center effects it has."""
     manifest = {
         "generator": "ingest.synth",
@@ -379,6 +385,7 @@ def write_manifest(out: Path, *, scale: float, seed: int, centers: tuple[str, ..
         "centers": [c for c in CENTERS if c in centers],
         "per_center": per_center,
         "center_effects": center_effects,
+        "size": size,
         "effects": {c: effects_for(c, center_effects).to_dict() for c in CENTERS if c in centers},
         "docs": "docs/synthetic_cohort.md",
     }
@@ -398,6 +405,7 @@ def generate_cohort(
     per_center: int | None = None,
     overwrite: bool = False,
     center_effects: bool = True,
+    size: str = "compact",
 ) -> CohortSummary:
     """Write a synthetic three-center export (images, masks, clinical sheets, configs, truth.csv).
 
@@ -405,10 +413,13 @@ def generate_cohort(
     quick tests; the patients are the same as in the full cohort of that ``scale``/``seed``.
     ``center_effects`` (default) gives each center its own acquisition and annotation habits
     (``ingest.synth.effects``); off, the files are byte-identical to the cohort written before
-    those existed. ``synth.json`` records the choice. Refuses a non-empty ``out`` unless
+    those existed. ``size`` chooses the fields of view (``centers.SIZES``: ``clinical`` for
+    hospital-sized scans, about three times the voxels). ``synth.json`` records both. Refuses
+    a non-empty ``out`` unless
     ``overwrite`` (which removes only what this writes).
     """
     t0 = time.perf_counter()
+    sized(SPECS[CENTERS[0]], size)  # an unknown size fails before anything is removed
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         if not overwrite:
@@ -421,12 +432,12 @@ def generate_cohort(
                 target.unlink()
     out.mkdir(parents=True, exist_ok=True)
 
-    plans = cohort_plan(scale, seed, centers, center_effects)
+    plans = cohort_plan(scale, seed, centers, center_effects, size)
     if per_center is not None:
         plans = [p for c in centers for p in _balanced_subset([q for q in plans if q.center == c], per_center)]
     summary = CohortSummary(out=out, seed=seed, scale=scale, seconds=0.0,
                             centers={c: CenterCounts() for c in CENTERS if c in centers},
-                            center_effects=center_effects)
+                            center_effects=center_effects, size=size)
     for c in summary.centers:
         members = [p for p in plans if p.center == c]
         write_clinical(c, members, out)
@@ -437,7 +448,7 @@ def generate_cohort(
         counts.files = 1
     write_center_configs(out / "centers", "../{center}")
     write_manifest(out, scale=scale, seed=seed, centers=centers, per_center=per_center,
-                   center_effects=center_effects)
+                   center_effects=center_effects, size=size)
     for p in (out / "centers").glob("*.yaml"):
         if p.stem not in summary.centers:
             p.unlink()
