@@ -13,10 +13,14 @@ from typing import Final
 
 from atrx.errors import InputError
 
-__all__ = ["PATIENT_RE", "STUDY_RE", "Pseudonym", "is_patient_pseudonym"]
+__all__ = ["PATIENT_PATTERN", "PATIENT_RE", "STUDY_RE", "Pseudonym", "is_patient_pseudonym"]
 
 #: center: letters, digits and underscore (the center file's rule); hash: 12 lower-case hex digits
 PATIENT_RE: Final[re.Pattern[str]] = re.compile(r"^(?P<center>[A-Za-z0-9_]+)-(?P<digest>[0-9a-f]{12})$")
+#: the same shape as one plain pattern for boundaries that validate text (the service's request
+#: schemas, JSON Schema): the center also follows the center file's rule (a letter or digit
+#: first, at most 32 characters), so every match is a :data:`PATIENT_RE` match
+PATIENT_PATTERN: Final[str] = r"^[A-Za-z0-9][A-Za-z0-9_]{0,31}-[0-9a-f]{12}$"
 STUDY_RE: Final[re.Pattern[str]] = re.compile(r"^s[0-9a-f]{10}$")
 
 

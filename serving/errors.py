@@ -13,7 +13,8 @@ from bentoml.exceptions import NotFound, UnprocessableEntity
 
 from atrx.errors import DataError, InputError, NotFoundError
 
-__all__ = ["FeaturesUnavailable", "ServingSetupError", "UnknownPatient"]
+__all__ = ["CenterNotServable", "FeaturesUnavailable", "InvalidValues", "ServingSetupError",
+           "UnknownPatient"]
 
 
 class ServingSetupError(InputError):
@@ -21,15 +22,28 @@ class ServingSetupError(InputError):
 
 
 class UnknownPatient(NotFound, NotFoundError):
-    """HTTP 404: no online row of any view the model reads for these patient ids."""
+    """HTTP 404: no online row of any view the model reads for these patient ids.
 
-    def __init__(self, patient_ids: Sequence[str]) -> None:
+    The message names where the unknown ids were in the request, never the ids: an id the store
+    does not know may be a typo of someone's real identifier, and the message is logged.
+    ``patient_ids`` keeps them for in-process callers.
+    """
+
+    def __init__(self, patient_ids: Sequence[str], positions: Sequence[int] | None = None) -> None:
         self.patient_ids = list(patient_ids)
-        which = ", ".join(repr(p) for p in self.patient_ids)
+        self.positions = list(positions) if positions is not None else list(
+            range(len(self.patient_ids)))
+        where = ", ".join(str(i) for i in self.positions)
+        s = "s" if len(self.positions) > 1 else ""
         super().__init__(
-            f"unknown patient id(s) {which}: no features in the online store; check the id, "
-            "or run `atrx materialize` if the patient was added after the last run"
+            f"unknown patient id{s} (request position{s} {where}): no features in the online "
+            f"store; check the id{s} (not repeated here), or run `atrx materialize` if the "
+            "patient was added after the last run"
         )
+
+
+class InvalidValues(UnprocessableEntity, InputError):
+    """HTTP 422: explicit values the model cannot turn into a finite prediction (out of range)."""
 
 
 class FeaturesUnavailable(UnprocessableEntity, DataError):

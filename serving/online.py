@@ -207,9 +207,9 @@ class OnlineLookup:
         valued = (statuses == _STATUS_PRESENT) & ~np.array(
             [[_is_null(values[f][i]) for f in required] for i in range(len(ids))], dtype=bool
         ).reshape(statuses.shape)
-        unknown = [p for p, row in zip(ids, valued, strict=True) if not row.any()]
-        if unknown:
-            raise UnknownPatient(list(dict.fromkeys(unknown)))
+        unknown = [i for i, row in enumerate(valued) if not row.any()]
+        if unknown:  # the message names positions only: unknown ids are neither echoed nor logged
+            raise UnknownPatient(list(dict.fromkeys(ids[i] for i in unknown)), unknown)
         stale = version_mismatches(self.served.feature_versions, versions)
         if stale:
             raise FeaturesUnavailable(

@@ -17,11 +17,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
 import pandas as pd
+from bentoml.exceptions import BentoMLException
 
 from atrx.errors import DataError
-from atrx.pseudonym import Pseudonym
+from atrx.pseudonym import Pseudonym, is_patient_pseudonym
 from atrx.workspace import Workspace
-from serving.errors import CenterNotServable, FeaturesUnavailable
+from serving.errors import CenterNotServable, FeaturesUnavailable, InvalidValues
 from serving.model import ServedModel, load_served_model
 from serving.online import OnlineLookup, OnlineRows, open_feature_store
 from serving.schemas import ClinicalValues, ModelDescription, Prediction, finite
@@ -129,9 +130,17 @@ class FusionPredictor:
         given = clinical.model_dump()
         row.update({f: given[f] for f in self.served.clinical_features})
         frame = pd.DataFrame([row], columns=self.served.required_features)
-        (prediction,) = self.predict_frame(frame, [patient_id])
-        log.info("predicted explicit values for %s with %s", _ids_for_log([patient_id]),
-                 self.served.tag)
+        try:
+            (prediction,) = self.predict_frame(frame, [patient_id])
+        except BentoMLException:
+            raise
+        except (ValueError, ArithmeticError):  # e.g. a value so large the score overflows
+            raise InvalidValues(
+                "these values give no finite prediction: check their units and range"
+            ) from None
+        # the id was not looked up (it may be unknown): only its center goes to the log
+        center = Pseudonym.parse(patient_id).center if is_patient_pseudonym(patient_id) else "-"
+        log.info("predicted explicit values (center %s) with %s", center, self.served.tag)
         return prediction
 
     def describe(self) -> ModelDescription:
@@ -156,7 +165,7 @@ def _centers(patient_ids: Sequence[str | None]) -> list[str]:
         try:
             out.append(Pseudonym.parse(pid).center)
         except ValueError as exc:
-            raise CenterNotServable(f"patient_id {pid!r}: {exc}") from None
+            raise CenterNotServable(f"patient_id: {exc}") from None
     return out
 
 

@@ -1,8 +1,9 @@
 """Starting, waiting for, stopping and calling the prediction server.
 
 ``serve`` runs ``python -m bentoml serve serving.service:ATRXService`` as a child process in its
-own session (process group), with ``ATRX_HOME``/``BENTOML_HOME``/``ATRX_API_KEY`` in its
-environment. Why a subprocess and not ``bentoml.serve()`` in-process: BentoML resolves
+own session (process group), with ``ATRX_HOME``/``BENTOML_HOME`` and either ``ATRX_API_KEY`` or
+``ATRX_NO_AUTH=1`` in its environment (never both; no key and no ``no_auth`` refuses to start,
+:mod:`serving.auth`). Why a subprocess and not ``bentoml.serve()`` in-process: BentoML resolves
 ``BENTOML_HOME`` once per process and its arbiter spawns worker processes anyway; a child with
 its own environment and process group can be stopped completely (``killpg``) by whoever started
 it, which is what tests and the CLI need. Before spawning, the same version check the service
@@ -26,12 +27,11 @@ from typing import IO, Any, Final
 
 from atrx.errors import ServiceError
 from atrx.workspace import Workspace
+from serving.auth import API_KEY_ENV, NO_AUTH_ENV, AuthMode, resolve_auth
 
 ROOT: Final[Path] = Path(__file__).resolve().parents[1]
 SERVICE: Final[str] = "serving.service:ATRXService"
 READY_PATH: Final[str] = "/readyz"
-#: the API key the server requires (and ``predict_http`` sends) when set
-API_KEY_ENV: Final[str] = "ATRX_API_KEY"
 
 
 class ServerStartError(ServiceError):
@@ -56,10 +56,16 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 def server_env(
-    ws: Workspace, api_key: str | None = None, extra: Mapping[str, str] | None = None
+    ws: Workspace, api_key: str | None = None, extra: Mapping[str, str] | None = None,
+    *, no_auth: bool = False,
 ) -> dict[str, str]:
-    """The child's environment: workspace, model store, key, no telemetry."""
+    """The child's environment: workspace, model store, key (or ``ATRX_NO_AUTH=1``), no
+    telemetry. An ``ATRX_NO_AUTH`` inherited from this process is dropped unless ``no_auth``."""
     env = dict(os.environ)
+    env.pop(NO_AUTH_ENV, None)
+    if no_auth:
+        env.pop(API_KEY_ENV, None)
+        env[NO_AUTH_ENV] = "1"
     env.update(
         {
             "ATRX_HOME": ws.home,
@@ -138,6 +144,13 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         pass
 
 
+def auth_mode(api_key: str | None = None, no_auth: bool = False) -> AuthMode:
+    """The auth mode ``serve`` would start with (``api_key`` defaults to ``$ATRX_API_KEY``);
+    :class:`serving.auth.AuthSetupError` when there is none. ``$ATRX_NO_AUTH`` is not read here:
+    only ``no_auth`` (``atrx serve --no-auth``) opens a server started from this process."""
+    return resolve_auth(api_key, no_auth=no_auth)
+
+
 def preflight(ws: Workspace) -> str:
     """What the service checks at start, in this process: returns the tag it would serve.
 
@@ -162,15 +175,19 @@ def serve(
     check: bool = True,
     extra_env: Mapping[str, str] | None = None,
     service: str = SERVICE,
+    no_auth: bool = False,
 ) -> ServerProcess:
     """Start ``bentoml serve`` for the workspace on ``host:port``; returns at once.
 
     Use ``wait_ready`` (or ``ServerProcess.wait_ready``) before calling it, and ``stop()`` (or a
-    ``with`` block) to end it. ``api_key`` defaults to ``$ATRX_API_KEY`` (no key: open).
+    ``with`` block) to end it. ``api_key`` defaults to ``$ATRX_API_KEY``; it must be at least 32
+    characters, and without one the server refuses to start unless ``no_auth`` (every route open)
+    is given: :class:`serving.auth.AuthSetupError`, before anything is started.
     ``log_file``: where the server's output goes (default: this terminal). ``check`` runs the
     service's start-up checks here first so a refusal raises with its reason. ``service``: another
     BentoML service spec (``module:Class``, importable from the repository root; benchmarks).
     """
+    auth = auth_mode(api_key, no_auth)
     if check:
         preflight(ws)
     log_path = Path(log_file) if log_file is not None else None
@@ -182,7 +199,7 @@ def serve(
     process = subprocess.Popen(
         cmd,
         cwd=str(ROOT),
-        env=server_env(ws, api_key, extra_env),
+        env=server_env(ws, auth.key, extra_env, no_auth=auth.open),
         stdin=subprocess.DEVNULL,
         stdout=log if log is not None else None,
         stderr=subprocess.STDOUT if log is not None else None,

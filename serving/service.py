@@ -2,22 +2,23 @@
 
 The process finds its workspace from ``ATRX_HOME`` and its model store from ``BENTOML_HOME``
 (both exported by :func:`serving.server.serve`; in a container, by the deployment). Each worker
-loads the served model ONCE in ``__init__`` and refuses to start when the feature store's
-registered feature versions differ from the model's (or the model cannot be loaded): it logs the
-reason and stops the whole ``bentoml serve`` process, which BentoML would otherwise keep
-respawning the failed worker under.
+loads the served model ONCE in ``__init__`` and refuses to start when it has no usable API key
+and was not told to serve without one (:mod:`serving.auth`), when the feature store's
+registered feature versions differ from the model's, or when the model cannot be loaded: it logs
+the reason and stops the whole ``bentoml serve`` process, which BentoML would otherwise keep
+respawning the failed worker under. It logs its auth mode at start.
 
 Endpoints (all ``POST``, JSON): ``/predict``, ``/predict_batch``, ``/predict_features``,
-``/model``. Errors carry their HTTP status: 401 wrong/missing ``X-API-Key`` (when a key is
-configured), 404 unknown patient, 422 malformed payload / missing / stale features. BentoML 1.4
+``/model``. Errors carry their HTTP status: 401 wrong/missing ``X-API-Key`` (every route but
+``/livez``, ``/readyz``, ``/metrics``), 413 body over 64 KiB, 415 body not JSON, 404 unknown
+patient (the id is not echoed), 422 malformed payload (values not echoed) / missing / stale
+features. BentoML 1.4
 wraps 4xx bodies as ``[{"error": "..."}]`` (a one-element list); :func:`serving.server.error_message`
 reads either shape.
 """
 
 from __future__ import annotations
 
-import hmac
-import json
 import logging
 import os
 import signal
@@ -28,20 +29,20 @@ from bentoml.exceptions import BentoMLException
 
 from atrx.errors import debug_enabled
 from atrx.workspace import Workspace
+from serving.auth import OPEN_PATHS, ApiKeyMiddleware, resolve_auth
 from serving.predictor import FusionPredictor
 from serving.schemas import (
     BatchPrediction,
     BatchPredictRequest,
     FeaturesRequest,
     ModelDescription,
+    ModelRequest,
     Prediction,
     PredictRequest,
 )
-from serving.server import API_KEY_ENV
 
-API_KEY_HEADER: Final[str] = "x-api-key"
-#: probes and metrics stay open so Kubernetes and Prometheus need no key
-OPEN_PATHS: Final[frozenset[str]] = frozenset({"/healthz", "/livez", "/readyz", "/metrics"})
+__all__ = ["OPEN_PATHS", "SERVICE_SETTINGS", "ATRXService", "ClientErrorFilter"]
+
 #: the logger BentoML 1.4 writes every failed request's traceback to
 _BENTOML_REQUEST_LOGGER: Final[str] = "bentoml._internal.server.http_app"
 
@@ -92,44 +93,6 @@ def _stop_bentoml_server() -> None:
         os.kill(parent.pid, signal.SIGTERM)
 
 
-class ApiKeyMiddleware:
-    """ASGI middleware: 401 unless ``X-API-Key`` matches, when a key is configured.
-
-    Runs before BentoML parses the body, so an unauthenticated caller learns nothing about the
-    payload's validity. The key is read when the app is built (``ATRX_API_KEY``), not at import.
-    """
-
-    def __init__(self, app: Any, api_key: str | None = None) -> None:
-        self.app = app
-        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV, "")
-        self.key = key.encode("utf-8") if key else None
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if self.key is None or scope.get("type") != "http" or scope.get("path") in OPEN_PATHS:
-            await self.app(scope, receive, send)
-            return
-        given = dict(scope.get("headers") or []).get(API_KEY_HEADER.encode("latin-1"), b"")
-        if hmac.compare_digest(given, self.key):
-            await self.app(scope, receive, send)
-            return
-        body = json.dumps(
-            {"error": f"missing or wrong API key: send it in the X-API-Key header "
-                      f"(configured with {API_KEY_ENV})"}
-        ).encode("utf-8")
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode("latin-1")),
-                    (b"www-authenticate", b'ApiKey header="X-API-Key"'),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
-
-
 #: worker, traffic and access-log settings of the service (the serving benchmark's bare baseline
 #: runs with the same ones)
 SERVICE_SETTINGS: Final[dict[str, Any]] = {
@@ -150,6 +113,8 @@ class ATRXService:
         if log.level == logging.NOTSET:  # the worker's root logger is at WARNING
             log.setLevel(logging.INFO)
         try:
+            auth = resolve_auth()  # fails closed: no key (and no --no-auth) or a short key
+            (log.warning if auth.open else log.info)("%s", auth.describe())
             self.predictor = FusionPredictor.load(Workspace.at(None))
         except Exception as exc:  # any load failure is fatal: never loop on respawns
             log.critical("%s: %s", type(exc).__name__, exc, exc_info=debug_enabled())
@@ -177,7 +142,7 @@ class ATRXService:
         return self.predictor.predict_values(request.clinical, request.imaging, request.patient_id)
 
     @bentoml.api(route="/model")
-    def model(self) -> ModelDescription:
+    def model(self, request: ModelRequest, /) -> ModelDescription:
         """The served model's tag, required features, feature versions and cutoff."""
         return self.predictor.describe()
 

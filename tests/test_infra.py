@@ -197,6 +197,7 @@ def test_serving_deployment() -> None:
     from serving.service import OPEN_PATHS
 
     assert {"/readyz", "/livez"} <= OPEN_PATHS  # probes need no API key
+    assert OPEN_PATHS == {"/livez", "/readyz", "/metrics"} and "ATRX_NO_AUTH" not in env
 
 
 def test_retrain_cronjob() -> None:

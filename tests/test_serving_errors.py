@@ -35,7 +35,9 @@ def test_http_errors_carry_their_status_and_exit_code() -> None:
         assert isinstance(err, BentoMLException) and int(err.error_code) == status
         assert isinstance(err, AtrxError) and err.exit_code == ExitCode.BAD_INPUT
         assert err.message == str(err)
-    assert "Z-000000000000" in str(UnknownPatient(["Z-000000000000"]))
+    unknown = UnknownPatient(["Z-000000000000", "Z-000000000001"], [0, 3])
+    assert "Z-00000000000" not in str(unknown) and "positions 0, 3" in str(unknown)  # never echoed
+    assert unknown.patient_ids == ["Z-000000000000", "Z-000000000001"]  # for in-process callers
     setup = ServingSetupError("no production model")
     assert isinstance(setup, ValueError) and setup.exit_code == ExitCode.BAD_INPUT
 

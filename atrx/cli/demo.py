@@ -75,6 +75,8 @@ def demo(
 
 
 def _demo_predictions(con: Any, ws: Any) -> None:
+    import secrets
+
     from atrx.catalog import Catalog
     from atrx.ui import rows_table
     from serving.server import free_port, predict_http
@@ -83,11 +85,15 @@ def _demo_predictions(con: Any, ws: Any) -> None:
     with Catalog(ws.catalog, read_only=True) as cat:
         ids = cat.labelled_scanned_patients(limit=4)
     log = Path(ws.logs) / "demo-server.log"
-    with start_server(ws, free_port(), log_file=log) as server:
+    # the demo server requires a key like any other: a random one, for this run only
+    key = secrets.token_urlsafe(32)
+    con.print("demo server on loopback: X-API-Key required (a random key made for this run and "
+              "sent with each request below; `atrx serve` needs ATRX_API_KEY or --no-auth)")
+    with start_server(ws, free_port(), api_key=key, log_file=log) as server:
         server.wait_ready(timeout=180)
         rows = []
         for pid in ids:
-            a = predict_http(server.url, pid)
+            a = predict_http(server.url, pid, api_key=key)
             rows.append((pid, f"{a['probability']:.3f}", a["risk_group"], f"{a['imaging_score']:.2f}",
                          a["model_version"]))
         con.print(rows_table(f"predictions from {server.url}/predict", ["patient", "probability", "risk group",

@@ -27,13 +27,23 @@ def serve(
     home: HomeOpt = None,
     port: Annotated[int, typer.Option("--port", min=1, max=65535)] = 3000,
     host: Annotated[str, typer.Option("--host", help="interface to bind")] = "127.0.0.1",
+    no_auth: Annotated[bool, typer.Option(
+        "--no-auth", help="serve WITHOUT an API key: every route open (loopback/demo only)")] = False,
 ) -> None:
-    """Serve the production model over HTTP (BentoML); Ctrl-C or SIGTERM stops it. API key: $ATRX_API_KEY."""
+    """Serve the production model over HTTP (BentoML); Ctrl-C or SIGTERM stops it.
+
+    Needs $ATRX_API_KEY (at least 32 characters; clients send it as X-API-Key) or --no-auth.
+    """
     import signal
 
     from atrx.ui import console
     from atrx.workspace import Workspace
+    from serving.server import auth_mode
     from serving.server import serve as start_server
+
+    auth = auth_mode(no_auth=no_auth)  # fails closed, before anything starts
+    con = console()
+    con.print(auth.describe() if not auth.open else f"[bold red]{auth.describe()}[/]")
 
     terminated = []
 
@@ -43,10 +53,9 @@ def serve(
         terminated.append(signum)
         raise KeyboardInterrupt
 
-    con = console()
     previous = signal.signal(signal.SIGTERM, terminate)
     try:
-        with start_server(Workspace.at(home), port, host=host) as server:
+        with start_server(Workspace.at(home), port, host=host, no_auth=no_auth) as server:
             server.wait_ready()
             con.print(f"serving {server.url}  (POST /predict, /predict_batch, /predict_features; "
                       "Ctrl-C stops)")

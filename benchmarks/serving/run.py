@@ -24,6 +24,7 @@ import argparse
 import datetime as dt
 import os
 import platform
+import secrets
 import shutil
 import sys
 import tempfile
@@ -45,6 +46,8 @@ from _record import publish  # noqa: E402
 from atrx.workspace import Workspace  # noqa: E402
 
 CONCURRENCY = (1, 8, 32)
+#: the service refuses to start without a key: one per run, sent by the client
+BENCH_KEY = secrets.token_urlsafe(32)
 CREATED = pd.Timestamp("2024-01-01", tz="UTC")
 STUDY = """\
 name: bench
@@ -126,8 +129,9 @@ def measure(call: Callable[[str], None], ids: Sequence[str], concurrency: int) -
             "rps": len(ids) / wall, "n": len(ids)}
 
 
-def http_caller(url: str) -> Callable[[str], None]:
-    """POST /predict with one keep-alive client per thread; raises on any non-200."""
+def http_caller(url: str, api_key: str) -> Callable[[str], None]:
+    """POST /predict (with ``X-API-Key``) with one keep-alive client per thread; raises on any
+    non-200."""
     import httpx
 
     local = threading.local()
@@ -136,7 +140,7 @@ def http_caller(url: str) -> Callable[[str], None]:
     def call(pid: str) -> None:
         client = getattr(local, "client", None)
         if client is None:
-            client = local.client = httpx.Client(timeout=60)
+            client = local.client = httpx.Client(timeout=60, headers={"X-API-Key": api_key})
             clients.append(client)
         r = client.post(f"{url}/predict", json={"patient_id": pid})
         if r.status_code != 200:
@@ -151,7 +155,7 @@ def over_server(server: Any, ids: Sequence[str], warm: Sequence[str],
     """``/predict`` of a started server at every concurrency after a warm-up; always stops it."""
     try:
         server.wait_ready(timeout)
-        remote = http_caller(server.url)
+        remote = http_caller(server.url, BENCH_KEY)
         for pid in warm:
             remote(pid)
         out = {c: measure(remote, ids, c) for c in CONCURRENCY}
@@ -198,10 +202,11 @@ def main() -> None:
             local(pid)
         inproc = {c: measure(local, ids, c) for c in CONCURRENCY}
 
-        over_http = over_server(serve(ws, free_port(), log_file=tmp / "server.log"), ids, warm,
-                                args.start_timeout)
-        over_bare = over_server(serve(ws, free_port(), log_file=tmp / "bare.log", check=False,
-                                      service="benchmarks.serving.bare_service:BareLR"),
+        # the service requires a key (the bare one ignores it; both get the same header)
+        over_http = over_server(serve(ws, free_port(), api_key=BENCH_KEY, log_file=tmp / "server.log"),
+                                ids, warm, args.start_timeout)
+        over_bare = over_server(serve(ws, free_port(), api_key=BENCH_KEY, log_file=tmp / "bare.log",
+                                      check=False, service="benchmarks.serving.bare_service:BareLR"),
                                 ids, warm, args.start_timeout)
 
         for c in CONCURRENCY:
