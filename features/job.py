@@ -22,12 +22,14 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from atrx.catalog import Catalog
 from atrx.errors import InputError
+from atrx.locks import exclusive
 from atrx.names import KINDS, all_views, view_name
 from atrx.workspace import Workspace
 from features.collect import Stored, store
@@ -167,7 +169,8 @@ def run_features(
     recipe = load_recipe(kinds, weights, radiomics_params)
 
     ws.ensure()
-    with Catalog(ws.catalog) as cat:
+    with exclusive(Path(ws.catalog).parent, "features", "a features job on this workspace"), \
+            Catalog(ws.catalog) as cat:
         studies = latest_studies(cat)
         targets = pending_targets(studies, cat.settled_lineage(), recipe.view_versions)
         run_id = cat.start_run("features", None, None, recipe.run_params_hash, recipe.run_versions)
