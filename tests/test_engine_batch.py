@@ -159,20 +159,26 @@ def test_refused_rois_are_named_and_the_others_computed() -> None:
 
 
 class Calls:
-    """Counts the filter runs and the voxels they filter."""
+    """Counts the filter runs, the voxels they filter and the boxes they compute."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.log: list[tuple[float, tuple[int, ...]]] = []
         self.wavelet: list[tuple[int, ...]] = []
+        self.log_boxes: list[tuple[slice, ...] | None] = []
+        self.wavelet_boxes: list[tuple[slice, ...] | None] = []
         log, wavelet = filters.log_image, filters.wavelet_images
 
-        def counted_log(image: sitk.Image, sigma: float) -> np.ndarray:
+        def counted_log(image: sitk.Image, sigma: float, box: tuple[slice, ...] | None = None
+                        ) -> np.ndarray:
             self.log.append((sigma, image.GetSize()[::-1]))
-            return log(image, sigma)
+            self.log_boxes.append(box)
+            return log(image, sigma, box)
 
-        def counted_wavelet(array: np.ndarray, *args: Any) -> list[tuple[str, np.ndarray]]:
+        def counted_wavelet(array: np.ndarray, *args: Any,
+                            box: tuple[slice, ...] | None = None) -> list[tuple[str, np.ndarray]]:
             self.wavelet.append(array.shape)
-            return wavelet(array, *args)
+            self.wavelet_boxes.append(box)
+            return wavelet(array, *args, box=box)
 
         monkeypatch.setattr(filters, "log_image", counted_log)
         monkeypatch.setattr(filters, "wavelet_images", counted_wavelet)
@@ -196,6 +202,14 @@ def test_filters_run_once_per_source(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls.log == [(1.0, crops["overall"]), (2.0, crops["edema"]), (2.0, crops["tumor"]),
                          (3.0, crops["edema"]), (3.0, crops["tumor"])]
     assert calls.wavelet == [crops["overall"]]
+    # each run is computed on the bounding box of the boxes of the ROIs it serves, here the
+    # overall's box (the union of the others'), or the tumor's own
+    p = parse_params(params("ours"))
+    boxes = {name: filters.prepare(image, m, p).box for name, m in masks.items()}
+    assert boxes["edema"] == boxes["overall"]
+    assert calls.log_boxes == [boxes["overall"], boxes["edema"], boxes["tumor"],
+                               boxes["edema"], boxes["tumor"]]
+    assert calls.wavelet_boxes == [boxes["overall"]]
 
 
 def test_the_union_of_crops_is_cut_from_the_image(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -206,6 +220,15 @@ def test_the_union_of_crops_is_cut_from_the_image(monkeypatch: pytest.MonkeyPatc
     union = calls.wavelet[0]
     assert calls.wavelet == [union] and union not in crops.values()
     assert calls.log[0] == (1.0, union) and len(calls.log) == 5
+    # on the union, the filters compute the bounding box of both ROIs' boxes only
+    p = parse_params(params("ours"))
+    rois = [filters.prepare(image, m, p) for m in masks.values()]
+    start = np.min([r.offset for r in rois], axis=0)
+    hull = tuple(slice(min(r.offset[a] + r.box[a].start for r in rois) - int(start[a]),
+                       max(r.offset[a] + r.box[a].stop for r in rois) - int(start[a]))
+                 for a in range(3))
+    assert calls.wavelet_boxes == [hull] and calls.log_boxes[0] == hull
+    assert np.prod([s.stop - s.start for s in hull]) < np.prod(union)
 
 
 def test_a_roi_near_the_image_border_keeps_its_own_wavelet(monkeypatch: pytest.MonkeyPatch

@@ -150,11 +150,96 @@ def test_wavelet_equals_pyradiomics(name: str, kwargs: dict) -> None:
         assert np.array_equal(a, b), n
 
 
+def _bb_box(bb: np.ndarray) -> tuple[slice, ...]:
+    """pyradiomics' (x lo, x hi, y lo, ...) bounding box as (z, y, x) slices."""
+    return tuple(slice(int(lo), int(hi) + 1) for lo, hi in zip(bb[0::2][::-1], bb[1::2][::-1],
+                                                                strict=True))
+
+
+@pytest.mark.parametrize("name", FILTER_CASES)
+@pytest.mark.parametrize("kwargs", [{}, {"wavelet": "haar", "level": 2}, {"start_level": 1}],
+                         ids=["coif1", "haar-2", "start1"])
+def test_wavelet_in_the_box_equals_pyradiomics_cut(name: str, kwargs: dict) -> None:
+    from radiomics import imageoperations as io
+
+    image, mask, bb = _precropped(case(name))
+    box = _bb_box(bb)
+    theirs = [(n, sitk.GetArrayFromImage(im)) for im, n, _ in io.getWaveletImage(image, mask, **kwargs)]
+    ours = filters.wavelet_images(sitk.GetArrayFromImage(image), **kwargs, box=box)
+    assert [n for n, _ in ours] == [n for n, _ in theirs]
+    for (n, a), (_, b) in zip(ours, theirs, strict=True):
+        assert a.dtype == b.dtype and np.array_equal(a, b[box]), n
+
+
+def _swtn_bands(array: np.ndarray, wavelet: str, level: int, start_level: int
+                ) -> list[tuple[str, np.ndarray]]:
+    """pyradiomics' ``_swt3`` in a few lines: wrap-pad odd axes, one ``pywt.swtn`` per level."""
+    import pywt
+
+    back = tuple(slice(None, -1 if n % 2 else None) for n in array.shape)
+    data = np.pad(array, [(0, n % 2) for n in array.shape], "wrap")
+    for _ in range(start_level):
+        data = pywt.swtn(data, wavelet, level=1, start_level=0, axes=(2, 1, 0))[0]["aaa"]
+    out = []
+    for idx in range(1, level + 1):
+        dec = pywt.swtn(data, wavelet, level=1, start_level=0, axes=(2, 1, 0))[0]
+        data = dec.pop("aaa")
+        prefix = "wavelet-" if idx == 1 else f"wavelet{idx}-"
+        out += [(prefix + k.replace("a", "L").replace("d", "H"), b[back]) for k, b in dec.items()]
+    return out + [(("wavelet-" if level == 1 else f"wavelet{level}-") + "LLL", data[back])]
+
+
+@pytest.mark.parametrize("shape", [(12, 14, 16), (13, 15, 17), (9, 20, 7), (33, 8, 21)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16])
+@pytest.mark.parametrize("kwargs", [{}, {"wavelet": "haar", "level": 2}, {"start_level": 1},
+                                    {"level": 2, "start_level": 1}],
+                         ids=["coif1", "haar-2", "start1", "level2-start1"])
+def test_wavelet_in_a_box_is_swtn_cut_bitwise(shape: tuple[int, ...], dtype: type,
+                                              kwargs: dict) -> None:
+    rng = np.random.default_rng(sum(shape))
+    array = (rng.normal(size=shape) * 100.0).astype(dtype)
+    full = _swtn_bands(array, kwargs.get("wavelet", "coif1"), kwargs.get("level", 1),
+                       kwargs.get("start_level", 0))
+    ours = filters.wavelet_images(array, **kwargs)
+    assert [n for n, _ in ours] == [n for n, _ in full]
+    for (n, a), (_, b) in zip(ours, full, strict=True):
+        assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b), n
+    boxes = [tuple(slice(lo, lo + int(rng.integers(1, n - lo + 1)))
+                   for n in shape for lo in [int(rng.integers(0, n))]) for _ in range(4)]
+    boxes += [tuple(slice(n - 1, n) for n in shape),  # one voxel in the corner, on the padding
+              (slice(0, 1), slice(None), slice(2, -2)), (slice(None), slice(3, 4), slice(None))]
+    before = array.copy()
+    for box in boxes:
+        ours = filters.wavelet_images(array, **kwargs, box=box)
+        assert [n for n, _ in ours] == [n for n, _ in full]
+        for (n, a), (_, b) in zip(ours, full, strict=True):
+            assert a.dtype == b.dtype and np.array_equal(a, b[box]), (n, box)
+    assert np.array_equal(array, before)
+
+
+def test_images_are_the_full_crop_filters_cut_to_the_box() -> None:
+    params = parse_params(load(OURS))
+    roi = filters.prepare(case("blob_r5_0").image, case("blob_r5_0").mask, params)
+    for image_type in params.image_types:
+        got = list(filters.images(roi, image_type))
+        if image_type.kind == "LoG":
+            full = [(filters.log_name(s), filters.log_image(roi.image, s))
+                    for s in filters.log_sigmas(roi.image, image_type.sigma)]
+        elif image_type.kind == "Wavelet":
+            full = filters.wavelet_images(roi.array, image_type.wavelet, image_type.level,
+                                          image_type.start_level)
+        else:
+            full = [("original", roi.array)]
+        assert [n for n, _ in got] == [n for n, _ in full]
+        for (n, a), (_, b) in zip(got, full, strict=True):
+            assert a.dtype == b.dtype and np.array_equal(a, b[roi.box]), n
+
+
 @pytest.mark.parametrize("name", FILTER_CASES)
 def test_log_equals_pyradiomics(name: str) -> None:
     from radiomics import imageoperations as io
 
-    image, mask, _ = _precropped(case(name), pad=3)
+    image, mask, bb = _precropped(case(name), pad=3)
     sigmas = [1.0, 2, 3.0, 6.0]  # 6 mm is skipped where the crop is too small, as pyradiomics does
     theirs = [(n, sitk.GetArrayFromImage(im)) for im, n, _ in io.getLoGImage(image, mask, sigma=sigmas)]
     ours = [(filters.log_name(s), filters.log_image(image, s))
@@ -162,6 +247,9 @@ def test_log_equals_pyradiomics(name: str) -> None:
     assert [n for n, _ in ours] == [n for n, _ in theirs]
     for (n, a), (_, b) in zip(ours, theirs, strict=True):
         assert a.dtype == b.dtype and np.array_equal(a, b), n
+    box = _bb_box(bb)
+    for sigma, (n, b) in zip(filters.log_sigmas(image, tuple(sigmas)), theirs, strict=True):
+        assert np.array_equal(filters.log_image(image, sigma, box), b[box]), n
 
 
 def test_log_skips_images_too_small_for_it() -> None:

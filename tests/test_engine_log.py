@@ -111,3 +111,52 @@ def test_bad_arguments_raise():
         laplacian_recursive_gaussian(array, (1.0, 1.0, 1.0), 0.0)
     with pytest.raises(ValueError):
         laplacian_recursive_gaussian(array[0], (1.0, 1.0), 1.0)
+
+
+# ---------------------------------------------------------------- the LoG cut to a box
+
+def _random_box(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[slice, ...]:
+    starts = [int(rng.integers(0, n)) for n in shape]
+    return tuple(slice(s, s + int(rng.integers(1, n - s + 1))) for s, n in zip(starts, shape,
+                                                                               strict=True))
+
+
+BOX_SHAPES = [(7, 9, 11), (24, 31, 18), (4, 4, 4), (5, 30, 8), (61, 61, 61)]
+
+
+@pytest.mark.parametrize("shape", BOX_SHAPES)
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_box_is_the_full_result_cut_bitwise(shape, spacing):
+    rng = np.random.default_rng(sum(shape))
+    array = _noise(shape, seed=len(shape) + shape[0])
+    for sigma in (1.0, 2.0, 3.0, 5.0):
+        full = laplacian_recursive_gaussian(array, spacing, sigma)
+        boxes = [_random_box(rng, shape) for _ in range(4)]
+        boxes += [tuple(slice(0, n) for n in shape),  # the whole array
+                  tuple(slice(n - 1, n) for n in shape),  # one corner voxel, touching three ends
+                  (slice(0, shape[0]), slice(shape[1] // 2, shape[1] // 2 + 1), slice(1, None)),
+                  (slice(None), slice(None, 2), slice(-3, None))]  # open and negative slices
+        for box in boxes:
+            got = laplacian_recursive_gaussian(array, spacing, sigma, box)
+            assert got.dtype == np.float32 and got.flags.c_contiguous
+            assert np.array_equal(got, full[box]), (sigma, box)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.int16])
+def test_box_of_other_pixel_types_and_views(dtype):
+    array = np.clip(_noise((20, 16, 18), seed=11), -300, 300).astype(dtype)
+    box = (slice(3, 9), slice(0, 16), slice(17, 18))
+    full = laplacian_recursive_gaussian(array, (0.8, 0.9, 2.5), 2.0)
+    assert np.array_equal(laplacian_recursive_gaussian(array, (0.8, 0.9, 2.5), 2.0, box), full[box])
+    strided = array[:, ::-1, :]  # a non-contiguous input
+    full = laplacian_recursive_gaussian(np.ascontiguousarray(strided), (1.0, 1.0, 1.0), 1.0)
+    assert np.array_equal(laplacian_recursive_gaussian(strided, (1.0, 1.0, 1.0), 1.0, box),
+                          full[box])
+
+
+@pytest.mark.parametrize("box", [(slice(2, 2), slice(None), slice(None)),
+                                 (slice(0, 4, 2), slice(None), slice(None)),
+                                 (slice(None), slice(None)), (0, slice(None), slice(None))])
+def test_bad_boxes_raise(box):
+    with pytest.raises(ValueError):
+        laplacian_recursive_gaussian(_noise((6, 6, 6)), (1.0, 1.0, 1.0), 1.0, box)

@@ -4,9 +4,15 @@ pyradiomics filters each ROI's own crop (with ``preCrop``: its bounding box plus
 so three ROIs cost three LoG runs per sigma and three wavelet decompositions. Here each filtered
 image is computed once per *source*: the union of all the ROIs' crops, or a ROI's own crop, which
 the ROIs with that same crop share. Each ROI then cuts its box out of its source, and the
-discretisation and texture code sees the arrays :func:`features.engine.extract` gives it. A ROI
-takes the union as source only where the filtered voxels of its box are those of its own crop
-(and where filtering the union is no more work than filtering the distinct crops it replaces):
+discretisation and texture code sees the arrays :func:`features.engine.extract` gives it.
+
+A filter runs on its whole source, but only where the boxes need it: its result is the bounding
+box of the boxes of the ROIs that take that source (``box`` of :func:`filters.log_image
+<features.engine.filters.log_image>` and :func:`filters.wavelet_images
+<features.engine.filters.wavelet_images>`), bit for bit equal to the whole source's filtered image
+cut to that box; which source a ROI takes rests on the whole crops, whatever part is computed. A
+ROI takes the union only where the filtered voxels of its box are those of its own crop (and
+where filtering the union is no more work than filtering the distinct crops it replaces):
 
 * **Wavelet** (``pywt.swtn``, periodic): a voxel depends on voxels at most ``(start_level + level)
   * (dec_len - 1)`` away along each axis (pyradiomics runs one single-level ``swtn`` per level).
@@ -107,7 +113,8 @@ def _volume(region: Region) -> int:
 
 
 class _Sources:
-    """The ROIs' crops, their union, and the filtered images cut to each ROI's box."""
+    """The ROIs' crops, their union, and the filtered images cut to each ROI's box (each filter
+    computed once per source, on the bounding box of the boxes of the ROIs that use it)."""
 
     def __init__(self, image: sitk.Image, rois: dict[str, Roi]) -> None:
         self.image = image
@@ -135,19 +142,35 @@ class _Sources:
         for sigma in sigmas:
             users = [name for name in self.rois if sigma in allowed[name]]
             for region, names in self._groups(users, lambda r, s=sigma: self._log_shares(r, s)):
-                log = filters.log_image(self._source(region)[0], sigma)
+                hull, boxes = self._hull(names, region)
+                log = filters.log_image(self._source(region)[0], sigma, hull)
                 for name in names:
-                    yield name, filters.log_name(sigma), log[self._box(name, region)]
+                    yield name, filters.log_name(sigma), log[boxes[name]]
 
     def _wavelet(self, t: ImageTypeParams) -> Iterator[tuple[str, str, np.ndarray]]:
         reach = (t.start_level + t.level) * (pywt.Wavelet(t.wavelet).dec_len - 1)
         for region, names in self._groups(list(self.rois), lambda r: self._wavelet_shares(r, reach)):
+            hull, boxes = self._hull(names, region)
             bands = filters.wavelet_images(self._source(region)[1], t.wavelet, t.level,
-                                           t.start_level)
+                                           t.start_level, box=hull)
             for name in names:
-                box = self._box(name, region)
                 for band_name, band in bands:
-                    yield name, band_name, band[box]
+                    yield name, band_name, band[boxes[name]]
+
+    def _hull(self, names: list[str], region: Region
+              ) -> tuple[tuple[slice, slice, slice], dict[str, tuple[slice, ...]]]:
+        """The bounding box (in ``region``) of the boxes of ROIs ``names``, which the filters of
+        that source are computed on, and each ROI's box within it."""
+        boxes = {name: self._box(name, region) for name in names}
+
+        def span(axis: int) -> slice:
+            return slice(min(b[axis].start for b in boxes.values()),
+                         max(b[axis].stop for b in boxes.values()))
+
+        hull = (span(0), span(1), span(2))
+        return hull, {name: tuple(slice(s.start - h.start, s.stop - h.start)
+                                  for s, h in zip(box, hull, strict=True))
+                      for name, box in boxes.items()}
 
     def _groups(self, names: list[str], shares: Callable[[Roi], bool]
                 ) -> list[tuple[Region, list[str]]]:

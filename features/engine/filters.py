@@ -10,6 +10,15 @@ identical to pyradiomics'. The one exception is how the LoG is run: SimpleITK's
 terms, pass order and float32 intermediates) vectorised across lines, about 6x faster on one
 core and bit for bit equal to SimpleITK's output (``tests/test_engine_log.py``). Arrays are in
 SimpleITK's numpy order (z, y, x).
+
+The features use only the filtered voxels in the ROI's bounding box, so the filters run on the
+whole crop but only where that box needs them (``box`` of :func:`log_image` and
+:func:`wavelet_images`): a separable pass along one axis needs whole lines along it, and later
+passes need the earlier ones' output only on the lines they filter, so after each pass only the
+box's range along that axis is kept. Every line is filtered exactly as on the whole crop, so the
+result is bit for bit the full-crop filtered image cut to the box (``tests/test_engine_log.py``,
+``tests/test_engine_core.py``); with padDistance 20 the LoG runs 1.5-2x and the wavelet 2.7-4.5x
+faster than on the whole crop (ROIs of 5k-100k voxels).
 """
 
 from __future__ import annotations
@@ -20,8 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 import pywt
 import SimpleITK as sitk
+from pywt._extensions._swt import swt_axis as _swt_axis  # what pywt.swtn runs per axis
 
-from features.engine.log_filter import laplacian_recursive_gaussian
+from features.engine.log_filter import check_box, laplacian_recursive_gaussian
 from features.engine.settings import EngineParams, ImageTypeParams
 from features.errors import FeatureError
 
@@ -222,53 +232,97 @@ def log_sigmas(image: sitk.Image, sigmas: tuple[float, ...]) -> list[float]:
     return [s for s in sigmas if s > 0.0 and np.all(size >= np.ceil(s / spacing) + 1)]
 
 
-def log_image(image: sitk.Image, sigma: float) -> np.ndarray:
+def log_image(image: sitk.Image, sigma: float, box: tuple[slice, slice, slice] | None = None
+              ) -> np.ndarray:
     """SimpleITK's recursive-Gaussian LoG, normalised across scale, as ``getLoGImage`` runs it
-    (``sitk.LaplacianRecursiveGaussianImageFilter``, reproduced bit for bit by ``log_filter``)."""
+    (``sitk.LaplacianRecursiveGaussianImageFilter``, reproduced bit for bit by ``log_filter``).
+
+    With ``box`` ((z, y, x) slices) only that box of it, computed only where the box needs it
+    and bit for bit equal to the whole image's LoG cut to the box."""
     array = sitk.GetArrayViewFromImage(image)
-    return laplacian_recursive_gaussian(array, image.GetSpacing(), sigma)
+    return laplacian_recursive_gaussian(array, image.GetSpacing(), sigma, box)
 
 
-def wavelet_images(array: np.ndarray, wavelet: str = "coif1", level: int = 1, start_level: int = 0
+def wavelet_images(array: np.ndarray, wavelet: str = "coif1", level: int = 1, start_level: int = 0,
+                   box: tuple[slice, slice, slice] | None = None
                    ) -> list[tuple[str, np.ndarray]]:
     """``getWaveletImage``/``_swt3`` on a (z, y, x) array: (name, sub-band) in pyradiomics' order.
 
     Odd axes are wrap-padded by one voxel for ``pywt.swtn`` and cropped back; each level is one
     single-level ``swtn`` of the previous approximation; sub-band letters follow the axes
     (x, y, z), 'a' -> 'L' and 'd' -> 'H'; the approximation comes last.
+
+    ``swtn`` is reproduced with the 1-D routine it runs (``swt_axis`` along x, y, z in turn on
+    every current sub-band), restricted to where ``box`` ((z, y, x) slices; None: the whole
+    array) needs it: the x pass on the whole padded array, the y pass only on the lines whose x
+    lies in the box, the z pass only on those whose x and y do (1 + 2 f_x + 4 f_x f_y volume passes
+    instead of 7). Every line is transformed exactly as in ``swtn``, so the bands are box-shaped and
+    bit for bit equal to ``swtn``'s bands cut to the box. Approximations that feed a later level
+    are computed on the whole padded array, as the next level needs them all.
     """
     axes = (2, 1, 0)
     shape = array.shape
+    cut = check_box(box, shape)  # in the padded array too: the padding is at the far ends
     padding = tuple((0, 1 if n % 2 != 0 else 0) for n in shape)
-    back = tuple(slice(None, -1 if n % 2 != 0 else None) for n in shape)
     data = np.pad(array, padding, "wrap")  # a new array: the input is never modified
     wl = pywt.Wavelet(wavelet)
     approx_key = "a" * len(axes)
     for _ in range(start_level):
-        data = pywt.swtn(data, wl, level=1, start_level=0, axes=axes)[0][approx_key].copy()
+        for axis in axes:  # swtn's approximation band only: the 'a' output along every axis
+            data = _swt_axis(data, wl, 1, 0, axis)[0][0]
     out: list[tuple[str, np.ndarray]] = []
     for idx in range(1, level + 1):
-        dec = pywt.swtn(data, wl, level=1, start_level=0, axes=axes)[0]
-        data = dec[approx_key].copy()
+        dec = _swt_level(data, wl, axes, cut, full_approx=idx < level)
+        data = dec[approx_key]
         prefix = "wavelet-" if idx == 1 else f"wavelet{idx}-"
         for key, band in dec.items():
             if key != approx_key:
-                out.append((prefix + key.replace("a", "L").replace("d", "H"), band[back]))
+                out.append((prefix + key.replace("a", "L").replace("d", "H"), band))
     prefix = "wavelet-" if level == 1 else f"wavelet{level}-"
-    out.append((prefix + "L" * len(axes), data[back]))
+    out.append((prefix + "L" * len(axes), data if level >= 1 else data[cut]))
     return out
 
 
+def _swt_level(data: np.ndarray, wavelet: pywt.Wavelet, axes: tuple[int, ...],
+               box: tuple[slice, ...], full_approx: bool) -> dict[str, np.ndarray]:
+    """``pywt.swtn(data, wavelet, level=1, start_level=0, axes=axes)[0]`` cut to ``box``.
+
+    The same ``swt_axis`` calls as ``swtn``'s, in the same order, each on the lines that the box
+    needs: after the pass along an axis a band keeps only that axis' box range (and, when it was
+    kept whole so far, the box range of the axes before). With ``full_approx`` the approximation
+    band ('a' on every axis) is kept whole instead. Keys and their order are ``swtn``'s.
+    """
+    bands: list[tuple[str, np.ndarray, bool]] = [("", data, True)]  # key, band, whole so far
+    done: list[int] = []
+    for axis in axes:
+        done.append(axis)
+        new: list[tuple[str, np.ndarray, bool]] = []
+        for key, x, whole in bands:
+            c_a, c_d = _swt_axis(x, wavelet, 1, 0, axis)[0]
+            for letter, y in (("a", c_a), ("d", c_d)):
+                if whole and full_approx and letter == "a":
+                    new.append((key + letter, y, True))
+                    continue
+                index = [slice(None)] * y.ndim
+                for a in done if whole else (axis,):
+                    index[a] = box[a]
+                new.append((key + letter, y[tuple(index)], False))
+        bands = new
+    return {key: band for key, band, _ in bands}
+
+
 def images(roi: Roi, image_type: ImageTypeParams) -> Iterator[tuple[str, np.ndarray]]:
-    """(pyradiomics image type name, image cropped to the ROI box) for one enabled image type."""
+    """(pyradiomics image type name, image cropped to the ROI box) for one enabled image type.
+
+    The filters run on the whole crop but only where the box needs them (see
+    :func:`log_image`, :func:`wavelet_images`): bit for bit the full-crop images cut to the box."""
     if image_type.kind == "Original":
         yield "original", roi.array[roi.box]
     elif image_type.kind == "LoG":
         for sigma in log_sigmas(roi.image, image_type.sigma):
-            yield log_name(sigma), log_image(roi.image, sigma)[roi.box]
+            yield log_name(sigma), log_image(roi.image, sigma, roi.box)
     elif image_type.kind == "Wavelet":
-        for name, band in wavelet_images(roi.array, image_type.wavelet, image_type.level,
-                                         image_type.start_level):
-            yield name, band[roi.box]
+        yield from wavelet_images(roi.array, image_type.wavelet, image_type.level,
+                                  image_type.start_level, box=roi.box)
     else:  # parse_params lets no other kind through
         raise ValueError(f"unknown image type {image_type.kind!r}")
