@@ -7,7 +7,7 @@ walk the neighbourhood on its own: five gathers, two grids and three neighbour p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -61,7 +61,6 @@ class ImageLevels:
     values: np.ndarray
     levels: np.ndarray
     codes: np.ndarray
-    _grid: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, q: np.ndarray, geometry: RoiGeometry) -> ImageLevels:
@@ -69,12 +68,10 @@ class ImageLevels:
         levels, codes = compact_levels(values)
         return cls(geometry, values, levels, codes)
 
-    @property
+    @cached_property
     def grid(self) -> tuple[np.ndarray, np.ndarray]:
         """Level indices on the box grown by one voxel (-1 outside the ROI) and the ROI's positions in it."""
-        if self._grid is None:
-            self._grid = padded_labels(self.geometry.flat, self.geometry.shape, self.codes)
-        return self._grid
+        return padded_labels(self.geometry.flat, self.geometry.shape, self.codes)
 
     @cached_property
     def steps(self) -> np.ndarray:
