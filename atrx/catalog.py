@@ -1,8 +1,11 @@
 """The DuckDB catalog: what every stage took, made and refused.
 
 Tables: ``runs``, ``scans`` (one row per study version), ``scan_sources``, ``clinical``,
-``labels``, ``quarantine``, ``lineage`` (filled by the features stage). Only the driver process
-writes it (DuckDB has one writer); workers return plain data. Patient ids here are pseudonyms.
+``labels``, ``quarantine``, ``lineage`` (filled by the features stage), ``deid_keys`` (per center
+the fingerprint of the key its patients were pseudonymised with, never the key). Only driver processes
+write it, never workers (they return plain data), and each holds the file only for one short
+transaction, retried while another process holds it (DuckDB allows one writer or many readers at a
+time), so commands run side by side. Patient ids here are pseudonyms.
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -18,6 +22,7 @@ from typing import Any, Final, Literal
 import duckdb
 import pandas as pd
 
+from atrx.dbfile import connect
 from atrx.errors import NotFoundError
 
 SCHEMA_VERSION = 1
@@ -55,6 +60,9 @@ CREATE TABLE IF NOT EXISTS lineage (
     patient_id VARCHAR, study_id VARCHAR, scan_version INTEGER, feature_view VARCHAR,
     feature_version VARCHAR, params_hash VARCHAR, versions JSON, status VARCHAR, reason VARCHAR,
     run_id VARCHAR, created_at TIMESTAMP
+);
+CREATE TABLE IF NOT EXISTS deid_keys (
+    center VARCHAR PRIMARY KEY, fingerprint VARCHAR, run_id VARCHAR, recorded_at TIMESTAMP
 );
 """
 
@@ -120,19 +128,26 @@ class CatalogNotFoundError(NotFoundError, FileNotFoundError):
 
 
 class Catalog:
-    """A connection to ``catalog.duckdb`` with the schema in place. Use as a context manager."""
+    """The catalog of a workspace, with the schema in place. Use as a context manager.
+
+    It holds the DuckDB file only while one of its methods runs (one short transaction each), so
+    other commands can read and write it while a long job keeps this object; :meth:`batch` keeps
+    one connection for several calls. ``read_only`` catalogs never write.
+    """
 
     def __init__(self, path: str, read_only: bool = False):
         self.path = path
+        self.read_only = read_only
+        self._con: duckdb.DuckDBPyConnection | None = None
         if not read_only:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         elif not Path(path).exists():
             raise CatalogNotFoundError(f"no catalog at {path}",
                                        fix="run `atrx ingest` first, or check --home / $ATRX_HOME")
-        self.con = duckdb.connect(path, read_only=read_only)
         if not read_only:
-            self.con.execute(_DDL)
-            self.con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
+            with self.batch() as con:
+                con.execute(_DDL)
+                con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(SCHEMA_VERSION)])
 
     def __enter__(self) -> Catalog:
         return self
@@ -141,27 +156,70 @@ class Catalog:
         self.close()
 
     def close(self) -> None:
-        self.con.close()
+        """Nothing stays open between calls; kept for the context-manager habit."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    @contextmanager
+    def batch(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One connection for the calls inside the block (the file is held until it ends)."""
+        if self._con is not None:
+            yield self._con
+            return
+        self._con = connect(self.path, self.read_only)
+        try:
+            yield self._con
+        finally:
+            self._con.close()
+            self._con = None
+
+    @contextmanager
+    def _transaction(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """Several statements as one: all or none."""
+        with self.batch() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                yield con
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    def _one(self, sql: str, params: list[Any] | None = None) -> Any:
+        with self.batch() as con:
+            row = con.execute(sql, params or []).fetchone()
+        return row
+
+    def _all(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+        with self.batch() as con:
+            return con.execute(sql, params or []).fetchall()
+
+    def _run(self, sql: str, params: list[Any] | None = None) -> None:
+        with self.batch() as con:
+            con.execute(sql, params or [])
+
+    def frame(self, sql: str, params: list[Any] | None = None) -> pd.DataFrame:
+        """The rows of one query, as a frame."""
+        with self.batch() as con:
+            return con.execute(sql, params or []).df()
 
     # runs -------------------------------------------------------------------------------------
     def start_run(self, stage: str, center: str | None, config_hash: str | None, params_hash: str | None,
                   versions: dict[str, str]) -> str:
         run_id = new_run_id(stage)
-        self.con.execute(
-            "INSERT INTO runs VALUES (?, ?, ?, ?, NULL, 'running', ?, ?, ?, NULL)",
-            [run_id, stage, center, now(), config_hash, params_hash, json.dumps(versions)],
-        )
+        self._run("INSERT INTO runs VALUES (?, ?, ?, ?, NULL, 'running', ?, ?, ?, NULL)",
+                  [run_id, stage, center, now(), config_hash, params_hash, json.dumps(versions)])
         return run_id
 
     def finish_run(self, run_id: str, status: str, counts: dict[str, Any]) -> None:
-        self.con.execute("UPDATE runs SET finished_at = ?, status = ?, counts = ? WHERE run_id = ?",
-                         [now(), status, json.dumps(counts), run_id])
+        self._run("UPDATE runs SET finished_at = ?, status = ?, counts = ? WHERE run_id = ?",
+                  [now(), status, json.dumps(counts), run_id])
 
     def last_run(self, stage: str, exclude: str | None = None) -> RunRecord | None:
         """The most recent run of ``stage`` (other than ``exclude``), or None."""
-        row = self.con.execute(
-            "SELECT run_id, stage, status, started_at, counts FROM runs WHERE stage = ? AND run_id <> ? "
-            "ORDER BY started_at DESC LIMIT 1", [stage, exclude or ""]).fetchone()
+        row = self._one("SELECT run_id, stage, status, started_at, counts FROM runs WHERE stage = ? AND run_id <> ? "
+                        "ORDER BY started_at DESC LIMIT 1", [stage, exclude or ""])
         if row is None:
             return None
         return RunRecord(row[0], row[1], row[2], row[3], json.loads(row[4]) if row[4] else {})
@@ -173,63 +231,54 @@ class Catalog:
         if flag is not None:
             sql += " AND json_extract(counts, '$.' || ?)::BOOLEAN"
             params.append(flag)
-        return self.con.execute(sql, params).fetchone()[0]
+        return self._one(sql, params)[0]
 
     # scans ------------------------------------------------------------------------------------
     def latest_scans(self, center: str) -> dict[str, tuple[int, str]]:
         """study_id -> (latest version, its source hash) for one center."""
-        rows = self.con.execute(
-            "SELECT study_id, version, source_hash FROM scans WHERE center = ? "
-            "QUALIFY row_number() OVER (PARTITION BY study_id ORDER BY version DESC) = 1",
-            [center],
-        ).fetchall()
+        rows = self._all("SELECT study_id, version, source_hash FROM scans WHERE center = ? "
+                         "QUALIFY row_number() OVER (PARTITION BY study_id ORDER BY version DESC) = 1", [center])
         return {r[0]: (int(r[1]), r[2]) for r in rows}
 
     def record_scan(self, center: str, run_id: str, outcome: dict[str, Any], params_hash: str,
                     preprocess_version: str) -> None:
         """One study version and its sources, in one transaction."""
         o = outcome
-        self.con.execute("BEGIN TRANSACTION")
-        try:
-            self.con.execute(
+        with self._transaction() as con:
+            con.execute(
                 "INSERT OR REPLACE INTO scans VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [o["patient_id"], center, o["study_id"], o["version"], o["scan_date"], o["zarr_path"],
                  o["source_hash"], o["content_hash"], params_hash, preprocess_version, json.dumps(o["shape"]),
                  json.dumps(o["roi_voxels"]), run_id, now()],
             )
             for role, src in o["sources"].items():
-                self.con.execute(
+                con.execute(
                     "INSERT OR REPLACE INTO scan_sources VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     [o["patient_id"], o["study_id"], o["version"], role, src["kind"], src.get("label"),
                      src["n_files"], src["sha256"], src.get("space"), json.dumps(src.get("labels"))],
                 )
-            self.con.execute("COMMIT")
-        except Exception:
-            self.con.execute("ROLLBACK")
-            raise
 
     def latest_study_versions(self) -> list[StudyVersion]:
         """The latest version of every study of every center, ordered by patient and study.
 
         The catalog records a version only after its group was written and marked complete.
         """
-        rows = self.con.execute(
+        rows = self._all(
             "SELECT patient_id, center, study_id, version, scan_date, zarr_path FROM scans "
             "QUALIFY row_number() OVER (PARTITION BY patient_id, study_id ORDER BY version DESC) = 1 "
-            "ORDER BY patient_id, study_id").fetchall()
+            "ORDER BY patient_id, study_id")
         return [StudyVersion(r[0], r[1], r[2], int(r[3]), r[4], r[5]) for r in rows]
 
     def scanned_patients(self) -> set[str]:
         """Pseudonyms of every patient with at least one ingested scan."""
-        return {r[0] for r in self.con.execute("SELECT DISTINCT patient_id FROM scans").fetchall()}
+        return {r[0] for r in self._all("SELECT DISTINCT patient_id FROM scans")}
 
     # lineage ----------------------------------------------------------------------------------
     def settled_lineage(self) -> set[tuple[str, str, int, str, str]]:
         """(patient, study, scan version, view, feature version) of every settled ROI."""
         marks = ", ".join("?" for _ in SETTLED)
-        rows = self.con.execute(
-            "SELECT DISTINCT patient_id, study_id, scan_version, feature_view, feature_version "
-            f"FROM lineage WHERE status IN ({marks})", list(SETTLED)).fetchall()
+        rows = self._all("SELECT DISTINCT patient_id, study_id, scan_version, feature_view, feature_version "
+                         f"FROM lineage WHERE status IN ({marks})", list(SETTLED))
         return {(r[0], r[1], int(r[2]), r[3], r[4]) for r in rows}
 
     def record_lineage(self, rows: Iterable[LineageRow]) -> int:
@@ -237,28 +286,20 @@ class Catalog:
         values = [astuple(r) for r in rows]
         if not values:
             return 0
-        self.con.execute("BEGIN TRANSACTION")
-        try:
-            self.con.executemany("INSERT INTO lineage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
-            self.con.execute("COMMIT")
-        except BaseException:
-            self.con.execute("ROLLBACK")
-            raise
+        with self._transaction() as con:
+            con.executemany("INSERT INTO lineage VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
         return len(values)
 
     def lineage_ok_scans(self, view: str, feature_version: str) -> int:
         """How many study versions have features of ``view`` at ``feature_version``."""
-        return int(self.con.execute(
+        return int(self._one(
             "SELECT count(*) FROM (SELECT DISTINCT patient_id, study_id, scan_version FROM lineage "
-            "WHERE feature_view = ? AND feature_version = ? AND status = 'ok')",
-            [view, feature_version]).fetchone()[0])
+            "WHERE feature_view = ? AND feature_version = ? AND status = 'ok')", [view, feature_version])[0])
 
     def latest_feature_versions(self) -> dict[str, str]:
         """view -> the feature version of its most recent ``ok`` lineage row."""
-        rows = self.con.execute(
-            "SELECT feature_view, feature_version FROM lineage WHERE status = 'ok' "
-            "QUALIFY row_number() OVER (PARTITION BY feature_view ORDER BY created_at DESC) = 1"
-        ).fetchall()
+        rows = self._all("SELECT feature_view, feature_version FROM lineage WHERE status = 'ok' "
+                         "QUALIFY row_number() OVER (PARTITION BY feature_view ORDER BY created_at DESC) = 1")
         return {r[0]: r[1] for r in rows}
 
     def lineage(self, run_id: str | None = None) -> pd.DataFrame:
@@ -268,27 +309,28 @@ class Catalog:
         if run_id is not None:
             sql += " WHERE run_id = ?"
             params.append(run_id)
-        return self.con.execute(sql + " ORDER BY patient_id, feature_view", params).df()
+        return self.frame(sql + " ORDER BY patient_id, feature_view", params)
 
     # clinical and labels ----------------------------------------------------------------------
     def upsert_clinical(self, center: str, run_id: str, rows: list[dict[str, Any]]) -> int:
-        """Insert or update clinical values and labels; returns how many rows changed."""
+        """Insert or update clinical values and labels in one transaction; returns how many rows changed."""
         changed = 0
-        for r in rows:
-            old = self.con.execute("SELECT row_hash FROM clinical WHERE patient_id = ?", [r["patient_id"]]).fetchone()
-            if old and old[0] == r["row_hash"]:
-                continue
-            changed += 1
-            self.con.execute(
-                "INSERT OR REPLACE INTO clinical VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [r["patient_id"], center, r["age"], r["sex"], r["who_grade"], r["vasari_score"], r["row_hash"],
-                 now(), run_id],
-            )
-            self.con.execute(
-                "INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [r["patient_id"], center, r["atrx_status"], int(r["atrx_status"] == "mutant"),
-                 r["pathology_date"], now(), run_id],
-            )
+        with self._transaction() as con:
+            for r in rows:
+                old = con.execute("SELECT row_hash FROM clinical WHERE patient_id = ?", [r["patient_id"]]).fetchone()
+                if old and old[0] == r["row_hash"]:
+                    continue
+                changed += 1
+                con.execute(
+                    "INSERT OR REPLACE INTO clinical VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [r["patient_id"], center, r["age"], r["sex"], r["who_grade"], r["vasari_score"], r["row_hash"],
+                     now(), run_id],
+                )
+                con.execute(
+                    "INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [r["patient_id"], center, r["atrx_status"], int(r["atrx_status"] == "mutant"),
+                     r["pathology_date"], now(), run_id],
+                )
         return changed
 
     def clinical_frame(self) -> pd.DataFrame:
@@ -296,22 +338,21 @@ class Catalog:
 
         The values describe the patient at diagnosis; patients without a scan have nothing to join.
         """
-        frame = self.con.execute(
+        frame = self.frame(
             "SELECT c.*, s.first_scan AS event_timestamp FROM clinical c "
             "JOIN (SELECT patient_id, min(scan_date) AS first_scan FROM scans GROUP BY patient_id) s "
-            "USING (patient_id) ORDER BY patient_id").df()
+            "USING (patient_id) ORDER BY patient_id")
         frame["event_timestamp"] = pd.to_datetime(frame["event_timestamp"]).dt.tz_localize("UTC")
         return frame
 
     def labels_frame(self) -> pd.DataFrame:
         """Every label row (``atrx_status``, ``atrx_mutant``, ``pathology_date``, ...)."""
-        return self.con.execute("SELECT * FROM labels ORDER BY patient_id").df()
+        return self.frame("SELECT * FROM labels ORDER BY patient_id")
 
     def clinical_updated_at(self) -> dt.datetime | None:
         """When a clinical or label row last changed, or None when there are none."""
-        return self.con.execute(
-            "SELECT max(u) FROM (SELECT max(updated_at) u FROM clinical "
-            "UNION ALL SELECT max(updated_at) FROM labels)").fetchone()[0]
+        return self._one("SELECT max(u) FROM (SELECT max(updated_at) u FROM clinical "
+                         "UNION ALL SELECT max(updated_at) FROM labels)")[0]
 
     def labelled_scanned_patients(self, limit: int | None = None) -> list[str]:
         """Patients with a label and a scan, last center first (the demo asks for a few)."""
@@ -319,22 +360,35 @@ class Catalog:
                "ORDER BY center DESC, patient_id")
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return [r[0] for r in self.con.execute(sql).fetchall()]
+        return [r[0] for r in self._all(sql)]
+
+    # pseudonymisation keys ------------------------------------------------------------------
+    def key_fingerprint(self, center: str) -> str | None:
+        """The recorded fingerprint of ``center``'s key (``ingest.deid.key_fingerprint``), or None."""
+        row = self._one("SELECT fingerprint FROM deid_keys WHERE center = ?", [center])
+        return row[0] if row else None
+
+    def record_key_fingerprint(self, center: str, fingerprint: str, run_id: str | None) -> None:
+        """Record (or replace) ``center``'s key fingerprint; the caller checked it may."""
+        self._run("INSERT OR REPLACE INTO deid_keys VALUES (?, ?, ?, ?)", [center, fingerprint, run_id, now()])
+
+    def center_patients(self, center: str) -> int:
+        """How many pseudonymised patients of ``center`` the catalog holds (scans or clinical rows)."""
+        return int(self._one("SELECT count(*) FROM (SELECT patient_id FROM scans WHERE center = ? "
+                             "UNION SELECT patient_id FROM clinical WHERE center = ?)", [center, center])[0])
 
     # quarantine -------------------------------------------------------------------------------
     def quarantine(self, run_id: str, center: str, patient_id: str | None, study_id: str | None, stage: str,
                    reason: str, fix: str | None, file: str | None, blocking: bool = True) -> None:
-        self.con.execute(
-            "INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [run_id, center, patient_id, study_id, stage, reason, fix, file, blocking, now()],
-        )
+        self._run("INSERT INTO quarantine VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  [run_id, center, patient_id, study_id, stage, reason, fix, file, blocking, now()])
 
     def quarantined(self, run_id: str) -> list[dict[str, Any]]:
-        cur = self.con.execute(
-            "SELECT patient_id, study_id, stage, reason, fix, file, blocking FROM quarantine WHERE run_id = ? "
-            "ORDER BY patient_id", [run_id])
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
+        with self.batch() as con:
+            cur = con.execute("SELECT patient_id, study_id, stage, reason, fix, file, blocking FROM quarantine "
+                              "WHERE run_id = ? ORDER BY patient_id", [run_id])
+            cols = [d[0] for d in cur.description]
+            return [dict(zip(cols, row, strict=True)) for row in cur.fetchall()]
 
     def query(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
-        return self.con.execute(sql, params or []).fetchall()
+        return self._all(sql, params)

@@ -15,6 +15,15 @@ def _mac(key: str, message: str, n: int) -> str:
     return hmac.new(key.encode("utf-8"), message.encode("utf-8"), hashlib.sha256).hexdigest()[:n]
 
 
+#: the message a key's fingerprint is the keyed hash of (change the suffix only with a migration)
+FINGERPRINT_MESSAGE = "atrx-key-fingerprint-v1"
+
+
+def key_fingerprint(key: str) -> str:
+    """HMAC-SHA256 of a fixed message under ``key``, hex: tells keys apart without revealing them."""
+    return _mac(key, FINGERPRINT_MESSAGE, 64)
+
+
 def pseudonymise_patient(center: str, raw_id: str, key: str) -> str:
     """``{center}-{keyed hash}``: stable for a key, unlinkable to the raw id without it."""
     return f"{center}-{_mac(key, f'patient:{center}:{raw_id.strip()}', 12)}"

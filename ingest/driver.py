@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from distributed import as_completed
@@ -17,9 +18,10 @@ from distributed import as_completed
 from atrx.catalog import Catalog, RunStatus
 from atrx.cluster import dask_client
 from atrx.config.center import CenterConfig
-from atrx.errors import debug_enabled
+from atrx.errors import InputError, debug_enabled
+from atrx.locks import exclusive
 from atrx.workspace import Workspace
-from ingest.deid import pseudonymise_patient, redact_text
+from ingest.deid import key_fingerprint, pseudonymise_patient, redact_text
 from ingest.discover import CenterPlan, PatientPlan, plan_center
 from ingest.patient import (
     KnownScan,
@@ -110,19 +112,32 @@ def _clinical_rows(plans: list[PatientPlan]) -> list[dict[str, Any]]:
 
 def run_ingest(cfg: CenterConfig, ws: Workspace, scheduler: str | None = None, workers: int | None = None,
                params: PreprocessParams | None = None, progress: ProgressFn | None = None) -> IngestSummary:
-    """Ingest one center into ``ws``; returns the summary (also recorded as a run in the catalog)."""
-    t0 = time.perf_counter()
+    """Ingest one center into ``ws``; returns the summary (also recorded as a run in the catalog).
+
+    Holds the lock ``ingest-<center>`` for the run (a second ingest of the same center exits 2
+    naming this one); ingests of other centers and every reader of the catalog run alongside.
+    """
     params = params or PreprocessParams()
     key = cfg.deid.resolve_key()
     ws.ensure()
-    plan = plan_center(cfg, key)
+    with exclusive(ws.home, f"ingest-{cfg.center}", f"an ingest of center {cfg.center}"):
+        return _ingest(cfg, ws, key, params, scheduler, workers, progress)
+
+
+def _ingest(cfg: CenterConfig, ws: Workspace, key: str, params: PreprocessParams, scheduler: str | None,
+            workers: int | None, progress: ProgressFn | None) -> IngestSummary:
+    t0 = time.perf_counter()
+    fingerprint = check_key(ws, cfg.center, key)  # before the export is read
+    plan = plan_center(cfg, key, spacing_mm=params.spacing_mm)
     ready = [pp for pp in plan.patients if pp.ok]
     with Catalog(ws.catalog) as cat:
-        run_id = cat.start_run("ingest", cfg.center, cfg.digest(), params.digest(), ingest_versions())
-        summary = IngestSummary(run_id, cfg.center, len(plan.patients), plan=plan)
-        summary.patients_quarantined = _record_plan_problems(cat, run_id, plan, key)
-        summary.clinical_changed = cat.upsert_clinical(cfg.center, run_id, _clinical_rows(plan.patients))
-        known = {sid: KnownScan(v, h) for sid, (v, h) in cat.latest_scans(cfg.center).items()}
+        with cat.batch():  # the run's opening records, in one visit to the file
+            run_id = cat.start_run("ingest", cfg.center, cfg.digest(), params.digest(), ingest_versions())
+            _verify_key(cat, cfg.center, fingerprint, record_as=run_id)
+            summary = IngestSummary(run_id, cfg.center, len(plan.patients), plan=plan)
+            summary.patients_quarantined = _record_plan_problems(cat, run_id, plan, key)
+            summary.clinical_changed = cat.upsert_clinical(cfg.center, run_id, _clinical_rows(plan.patients))
+            known = {sid: KnownScan(v, h) for sid, (v, h) in cat.latest_scans(cfg.center).items()}
         status: RunStatus = "ok"
         try:
             if ready:
@@ -138,6 +153,37 @@ def run_ingest(cfg: CenterConfig, ws: Workspace, scheduler: str | None = None, w
                       "patients_quarantined": summary.patients_quarantined}
             cat.finish_run(run_id, status, counts)
     return summary
+
+
+def check_key(ws: Workspace, center: str, key: str) -> str:
+    """``key``'s fingerprint, once checked against the one ``ws``'s catalog records for ``center``.
+
+    Raises :class:`InputError` (exit code 2) when the center's patients were pseudonymised with
+    another key: ingesting would give the same patients second pseudonyms. Writes nothing.
+    """
+    fingerprint = key_fingerprint(key)
+    if Path(ws.catalog).exists():
+        with Catalog(ws.catalog) as cat:
+            _verify_key(cat, center, fingerprint)
+    return fingerprint
+
+
+def _verify_key(cat: Catalog, center: str, fingerprint: str, record_as: str | None = None) -> None:
+    """Refuse a key other than the recorded one while the center has patients; with ``record_as``
+    (a run id) record this key's fingerprint when none (or a stale one, of no patients) is."""
+    recorded = cat.key_fingerprint(center)
+    if recorded == fingerprint:
+        return
+    n = cat.center_patients(center) if recorded is not None else 0
+    if n:
+        raise InputError(
+            f"center {center}: the pseudonymisation key differs from the one its existing {n} patient(s) in "
+            f"{cat.path} were pseudonymised with; ingesting would give the same patients new pseudonyms",
+            fix="restore the original key (the variable named by deid.key_env, or deid.key, in the center file); "
+                "to start over with the new key, ingest under a new center id, or delete this center's data "
+                "from the workspace first")
+    if record_as is not None:
+        cat.record_key_fingerprint(center, fingerprint, record_as)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,9 @@ A ``.seg.nrrd`` holds several segments, named in its header (``Segment<i>_Name``
 form (one layer per component, which SimpleITK reads as a vector image). ``masks.<name>.segment``
 picks one by name or label value.
 
-Pure functions on arrays and grids, plus :func:`load_mask`, the one that reads a file, so the
-plan (``atrx center validate``) and the ingest decide with the same code. Nothing here imports
+Pure functions on arrays (the grid side is :mod:`ingest.mask_grid`), plus :func:`load_mask`, the
+one that reads a file, so the plan (``atrx center validate``) and the ingest decide with the same
+code. Nothing here imports
 :mod:`ingest.discover` (it imports this module).
 """
 
@@ -26,24 +27,14 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 
-from atrx.errors import DataError
-from atrx.geometry import Grid, as_grid, continuous_index
+from atrx.geometry import Grid, as_grid
+from ingest.mask_grid import GRID_TOL, MaskError, grid_differences, pad_to_grid, subgrid_offset
 
-__all__ = ["GRID_TOL", "SUBGRID_TOL_VOXEL", "LoadedMask", "MaskError", "MaskFinding", "MaskSelection", "Segment",
-           "check_mask", "choose_segment", "crop_fits", "grid_differences", "load_mask", "mask_from_image",
-           "pad_to_grid", "selected_voxels", "slicer_segments", "subgrid_offset"]
-
-#: tolerance (mm for spacing and origin, cosines for direction) of a mask's grid against its
-#: sequence's; the plan's (:meth:`ingest.discover.Geometry.differences`), so both stages agree
-GRID_TOL = 1e-2
-#: how far (in voxels, per axis) a cropped mask's origin may lie from its sequence's lattice
-SUBGRID_TOL_VOXEL = 1e-3
+__all__ = ["LoadedMask", "MaskError", "MaskFinding", "MaskSelection", "Segment", "check_mask", "choose_segment",
+           "crop_fits", "itk_reason", "load_mask", "mask_from_image", "selected_voxels", "slicer_segments",
+           "whole_labels"]
 
 _SEGMENT_KEY = re.compile(r"^Segment(\d+)_(Name|LabelValue|Layer|ID)$")
-
-
-class MaskError(DataError):
-    """A mask cannot be used as configured; the message says why, ``fix`` what to change."""
 
 
 @dataclass(frozen=True)
@@ -190,73 +181,6 @@ def selected_voxels(values: np.ndarray, segment: Segment | None, labels: Sequenc
     return np.isin(values, list(labels))
 
 
-def grid_differences(found: Grid, expected: Grid, tol: float = GRID_TOL) -> list[str]:
-    """What differs beyond ``tol``, worded as the plan words it (``size (a) vs (b)``, ...)."""
-    out = []
-    if list(found["size"]) != list(expected["size"]):
-        out.append(f"size {tuple(found['size'])} vs {tuple(expected['size'])}")
-    for name in ("spacing", "origin", "direction"):
-        a, b = np.asarray(found[name], dtype=float), np.asarray(expected[name], dtype=float)
-        if a.shape != b.shape or np.max(np.abs(a - b)) > tol:
-            out.append(f"{name} {tuple(float(v) for v in np.round(a, 3))} vs {tuple(float(v) for v in np.round(b, 3))}")
-    return out
-
-
-def _is_default_header(grid: Grid) -> bool:
-    return (np.allclose(grid["origin"], 0.0, atol=1e-9) and np.allclose(grid["spacing"], 1.0, atol=1e-9)
-            and np.allclose(grid["direction"], np.eye(len(grid["spacing"])).ravel(), atol=1e-9))
-
-
-def subgrid_offset(mask: Grid, reference: Grid, tol: float = GRID_TOL,
-                   tol_voxel: float = SUBGRID_TOL_VOXEL) -> tuple[int, int, int]:
-    """The (x, y, z) voxel of ``reference`` where ``mask``'s first voxel lies, if ``mask`` is a sub-grid.
-
-    A sub-grid has the same spacing and direction (within ``tol``), an origin on the reference's
-    lattice (within ``tol_voxel`` voxels per axis) and an extent inside it. A mask with a default
-    header (origin 0, spacing 1, identity direction) on a real image is not one, even when those
-    numbers happen to fit: its header says nothing about where it was drawn. Raises
-    :class:`MaskError` saying which condition fails.
-    """
-    m, r = as_grid(mask), as_grid(reference)
-    fix = "re-export the mask on the grid of the image it was drawn on (3D Slicer: uncheck cropping, or " \
-          "export the segmentation with the image as reference geometry)"
-    if _is_default_header(m) and grid_differences(m, {**r, "size": m["size"]}, tol):
-        raise MaskError("it has a default header (origin 0, spacing 1, identity direction), so where it "
-                        "lies is unknown", fix=fix)
-    for name in ("spacing", "direction"):
-        if np.max(np.abs(np.asarray(m[name]) - np.asarray(r[name]))) > tol:
-            raise MaskError(f"its {name} differs, so it is not a crop of the image's grid", fix=fix)
-    index = continuous_index(r, m["origin"])
-    nearest = np.rint(index)
-    off = np.abs(index - nearest)
-    if np.max(off) > tol_voxel:
-        axis = "xyz"[int(np.argmax(off))]
-        raise MaskError(f"its origin is {float(np.max(off)):.3g} voxel off the image's lattice along {axis} "
-                        f"(at most {tol_voxel:g} for a crop)", fix=fix)
-    lo = nearest.astype(int)
-    hi = lo + np.asarray(m["size"], dtype=int)
-    if np.any(lo < 0) or np.any(hi > np.asarray(r["size"], dtype=int)):
-        raise MaskError(f"its extent (voxels {tuple(int(v) for v in lo)} to {tuple(int(v) - 1 for v in hi)}) "
-                        f"lies outside the image's grid (size {tuple(r['size'])})", fix=fix)
-    return int(lo[0]), int(lo[1]), int(lo[2])
-
-
-def pad_to_grid(array: np.ndarray, offset: Sequence[int], size: Sequence[int]) -> np.ndarray:
-    """``array`` (z, y, x) placed at voxel ``offset`` (x, y, z) of a zero array of ``size`` (x, y, z).
-
-    Lossless: every value keeps its voxel, so its physical point, when the grids are a crop pair.
-    """
-    ox, oy, oz = (int(v) for v in offset)
-    nx, ny, nz = (int(v) for v in size)
-    dz, dy, dx = array.shape
-    if min(ox, oy, oz) < 0 or ox + dx > nx or oy + dy > ny or oz + dz > nz:
-        raise MaskError(f"a (z, y, x) {array.shape} array at offset (x, y, z) {(ox, oy, oz)} does not fit "
-                        f"a grid of size {(nx, ny, nz)}", fix="this is a bug: report it with this message")
-    out = np.zeros((nz, ny, nx), dtype=array.dtype)
-    out[oz:oz + dz, oy:oy + dy, ox:ox + dx] = array
-    return out
-
-
 def crop_fits(path: str, reference: Grid | Mapping[str, Any] | Any) -> bool:
     """Whether a mask file's header makes it a crop (sub-grid) of ``reference``, header only.
 
@@ -281,13 +205,36 @@ def crop_fits(path: str, reference: Grid | Mapping[str, Any] | Any) -> bool:
     return True
 
 
+def itk_reason(e: BaseException, limit: int = 160) -> str:
+    """The line of a SimpleITK error that says why (``ITK ERROR: ...``), not where it was thrown."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    why = [ln for ln in lines if "ERROR" in ln]
+    return ((why or lines)[-1] if lines else type(e).__name__)[:limit]
+
+
 def _read(path: str) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
-        text = str(e).strip()
-        first = text.splitlines()[0][:160] if text else type(e).__name__
-        raise MaskError(f"unreadable mask ({first})", fix="re-export the mask as NIfTI or NRRD") from e
+        raise MaskError(f"unreadable mask ({itk_reason(e)})", fix="re-export the mask as NIfTI or NRRD") from e
+
+
+def whole_labels(values: np.ndarray, name: str = "mask", tol: float = 1e-3, shown: int = 4) -> np.ndarray:
+    """``values`` with a float mask's rounded to whole labels; a :class:`MaskError` naming a few values
+    if any is not whole (beyond ``tol``): a label map resampled with interpolation has blends at its edges."""
+    if values.dtype.kind != "f":
+        return values
+    rounded = np.round(values)
+    bad = values[~(np.abs(values - rounded) <= tol)]  # NaN counts as bad
+    if bad.size:
+        distinct = np.unique(bad)
+        listed = ", ".join(f"{float(v):.3g}" for v in distinct[:shown]) + (", ..." if len(distinct) > shown else "")
+        raise MaskError(f"mask {name} has non-integer values ({listed} in {bad.size} voxels): a label map resampled "
+                        "with interpolation, whose edges are blends of labels, not labels",
+                        fix=f"export the {name} label map without interpolation (nearest-neighbour resampling, e.g. "
+                            "ITK/ANTs NearestNeighbor or GenericLabel; 3D Slicer: export the segmentation as a "
+                            "labelmap), as integers")
+    return rounded
 
 
 def load_mask(path: str, selection: MaskSelection, reference: Grid | Mapping[str, Any] | sitk.Image | Any = None,
@@ -314,7 +261,7 @@ def mask_from_image(image: sitk.Image, selection: MaskSelection,
     meta = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys()}
     segments = slicer_segments(meta, image.GetNumberOfComponentsPerPixel())
     segment = choose_segment(segments, selection, what)
-    values = sitk.GetArrayViewFromImage(image)
+    values = whole_labels(sitk.GetArrayViewFromImage(image), name)  # float noise (1.0000001) rounded away
     if selection.segment is not None and segment is None:  # a label value on a plain labelmap
         selection = MaskSelection((int(selection.segment),), None, True)
     inside = selected_voxels(values, segment, selection.labels)

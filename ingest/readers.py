@@ -1,8 +1,9 @@
 """Read sequences and masks from an export into SimpleITK images, geometry kept.
 
 DICOM series are read through SimpleITK/GDCM from exactly the files the plan chose, so a folder
-that mixes series works; rescale slope/intercept are applied by GDCM. Header metadata is never
-carried along, so no PHI can reach the store through an image. Masks are read by
+that mixes series works; rescale slope/intercept are applied by GDCM, and so is decompression
+(RLE, JPEG, JPEG-LS, JPEG 2000; a file that does not decode names its transfer syntax). Header
+metadata is never carried along, so no PHI can reach the store through an image. Masks are read by
 :mod:`ingest.masks`, the same code the plan checks them with (cropped masks, Slicer segments).
 """
 
@@ -11,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import pydicom
 import SimpleITK as sitk
 
 from atrx.config.center import MaskRule
 from atrx.errors import DataError
 from ingest.discover import SourceRef
-from ingest.masks import MaskError, MaskSelection, mask_from_image
+from ingest.discover.dicom_input import UNCOMPRESSED_FIX, syntax_name, transfer_syntax
+from ingest.masks import MaskError, MaskSelection, itk_reason, mask_from_image
 
 _REEXPORT = "re-export the file; it could not be read"
 
@@ -53,7 +56,11 @@ def read_image(ref: SourceRef) -> sitk.Image:
     except RuntimeError as e:
         if isinstance(e, ReadError):
             raise
-        first = str(e).strip().splitlines()[-1][:200] if str(e).strip() else type(e).__name__
+        first = itk_reason(e, 200)
+        uid = _compressed(ref.files[0]) if ref.kind == "dicom" else None
+        if uid:
+            raise ReadError(f"cannot decode {ref.label!r}, compressed as {syntax_name(uid)}: {first}",
+                            fix=UNCOMPRESSED_FIX) from e
         raise ReadError(f"cannot read {ref.label!r}: {first}", fix=_REEXPORT) from e
     if image.GetDimension() != 3:
         raise ReadError(f"{ref.label!r} is {image.GetDimension()}D; a 3D volume is expected",
@@ -62,6 +69,15 @@ def read_image(ref: SourceRef) -> sitk.Image:
         raise ReadError(f"{ref.label!r} has {image.GetNumberOfComponentsPerPixel()} components; one is expected",
                         fix="re-export it as one grey-scale volume")
     return sitk.Cast(image, sitk.sitkFloat32)
+
+
+def _compressed(path: str) -> str | None:
+    """The transfer syntax of a DICOM file whose pixel data is compressed, else None."""
+    try:
+        uid = transfer_syntax(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]))
+    except Exception:  # noqa: BLE001 - only a better message is at stake
+        return None
+    return str(uid) if uid is not None and uid.is_transfer_syntax and uid.is_compressed else None
 
 
 def read_mask(ref: SourceRef, rule: MaskRule | Sequence[int], reference: sitk.Image | None = None,

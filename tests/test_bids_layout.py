@@ -38,13 +38,13 @@ def test_bids_preset_finds_sequences_masks_and_session_dates(tmp_path: Path) -> 
                     str(anat / "sub-0001_ses-20200314_desc-tumor_mask.nii.gz"))
     (tmp_path / "bids" / "participants.csv").write_text(
         "participant_id,age,sex,who,vasari,atrx,pathology\n0001,61,male,4,72.5,mutant,2020-03-30\n")
-    cfg = {"center": "BIDS1", "source": "bids", "preset": "bids", "deid": {"key": "k"},
+    cfg = {"center": "BIDS1", "source": "bids", "preset": "bids", "synthetic": True, "deid": {"key": "k" * 32},
            "clinical": {"path": "participants.csv", "columns": {
                "patient_id": "participant_id", "age": "age", "sex": "sex", "who_grade": "who",
                "vasari_score": "vasari", "atrx_status": "atrx", "pathology_date": "pathology"}}}
     (tmp_path / "bids.yaml").write_text(yaml.safe_dump(cfg))
     config = load_center(tmp_path / "bids.yaml")
-    plan = plan_center(config, "k")
+    plan = plan_center(config, "k" * 32)
     assert [p.raw_id for p in plan.patients] == ["0001"]
     assert plan.patients[0].ok, plan.patients[0].problems
     study = plan.patients[0].studies[0]

@@ -9,6 +9,7 @@ import yaml
 
 from atrx.config import ConfigError
 from atrx.config.center import CenterConfig, load_center
+from atrx.errors import InputError
 
 BASE = {
     "center": "X",
@@ -28,7 +29,7 @@ BASE = {
                     "vasari_score": "VASARI", "atrx_status": "ATRX", "pathology_date": "Date"},
         "values": {"sex": {"M": "male", "F": "female"}},
     },
-    "deid": {"key": "k"},
+    "synthetic": True, "deid": {"key": "k" * 32},
 }
 
 
@@ -119,7 +120,7 @@ def test_not_yaml_and_empty_files(tmp_path: Path) -> None:
 
 def test_brats_preset_needs_only_the_clinical_map(tmp_path: Path) -> None:
     cfg = load_center(write(tmp_path, {"center": "B23", "source": "export", "preset": "brats2023",
-                                       "clinical": BASE["clinical"], "deid": {"key": "k"}}))
+                                       "clinical": BASE["clinical"], "synthetic": True, "deid": {"key": "k" * 32}}))
     assert cfg.format == "nifti"
     assert cfg.sequences.t1c.glob == "*-t1c.nii.gz"
     assert cfg.masks.lesion.labels == [1, 2, 3] and cfg.masks.tumor.labels == [1, 3]
@@ -128,7 +129,7 @@ def test_brats_preset_needs_only_the_clinical_map(tmp_path: Path) -> None:
 
 def test_preset_values_can_be_overridden(tmp_path: Path) -> None:
     data = {"center": "B23", "source": "export", "preset": "brats2023", "clinical": BASE["clinical"],
-            "masks": {"tumor": {"labels": [3]}}, "deid": {"key": "k"}}
+            "masks": {"tumor": {"labels": [3]}}, "synthetic": True, "deid": {"key": "k" * 32}}
     cfg = load_center(write(tmp_path, data))
     assert cfg.masks.tumor.labels == [3] and cfg.masks.tumor.glob == "*-seg.nii.gz"
 
@@ -144,7 +145,7 @@ def test_globs_may_name_the_patient_and_start_at_source(tmp_path: Path) -> None:
 
 def test_bids_preset_looks_for_masks_in_derivatives(tmp_path: Path) -> None:
     cfg = load_center(write(tmp_path, {"center": "BIDS", "source": "export", "preset": "bids",
-                                       "clinical": BASE["clinical"], "deid": {"key": "k"}}))
+                                       "clinical": BASE["clinical"], "synthetic": True, "deid": {"key": "k" * 32}}))
     assert cfg.masks.lesion.glob == ["**/*_desc-lesion_mask.nii*",
                                      "{source}/derivatives/*/{folder}/**/*_desc-lesion_mask.nii*",
                                      "{source}/segmentations/{folder}/**/*_desc-lesion_mask.nii*"]
@@ -160,5 +161,51 @@ def test_deid_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MY_KEY", raising=False)
     with pytest.raises(ValueError, match="MY_KEY"):
         cfg.deid.resolve_key()
-    monkeypatch.setenv("MY_KEY", "secret")
-    assert cfg.deid.resolve_key() == "secret"
+    monkeypatch.setenv("MY_KEY", "secret-" * 5)
+    assert cfg.deid.resolve_key() == "secret-" * 5
+
+
+# -- keys (issue 14): a literal key only for synthetic data, never shorter than 32 bytes ---------
+
+def test_a_literal_key_is_refused_unless_the_center_is_synthetic(tmp_path: Path) -> None:
+    data = {k: v for k, v in BASE.items() if k != "synthetic"}
+    with pytest.raises(ConfigError) as e:
+        load_center(write(tmp_path, data))
+    text = str(e.value)
+    assert str(tmp_path / "X.yaml") in text and "deid.key" in text
+    assert "deid.key_env" in text and "synthetic: true" in text
+    assert "k" * 32 not in text  # the key itself is never shown
+    with pytest.raises(ConfigError, match="synthetic: true"):
+        load_center(write(tmp_path, {**data, "synthetic": False}))
+    cfg = load_center(write(tmp_path, {**data, "synthetic": True}))
+    assert cfg.synthetic and cfg.deid.resolve_key() == "k" * 32
+    # synthetic is no part of the configuration digest (recorded with every run)
+    env_cfg = CenterConfig.model_validate({**data, "deid": {"key_env": "X"}})
+    assert CenterConfig.model_validate({**data, "synthetic": True}).digest() == env_cfg.digest()
+
+
+def test_a_center_reading_its_key_from_the_environment_needs_no_synthetic_flag(tmp_path: Path) -> None:
+    data = {**{k: v for k, v in BASE.items() if k != "synthetic"}, "deid": {"key_env": "MY_KEY"}}
+    assert load_center(write(tmp_path, data)).synthetic is False
+
+
+@pytest.mark.parametrize("short", ["k", "x" * 31, "é" * 15])  # 1, 31 and 30 bytes
+def test_a_short_literal_key_is_refused_with_how_to_make_one(tmp_path: Path, short: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_center(write(tmp_path, {**BASE, "deid": {"key": short}}))
+    text = str(e.value)
+    assert "deid.key" in text and "32 bytes" in text and "secrets.token_urlsafe(32)" in text
+    assert f"{short!r}" not in text
+    assert load_center(write(tmp_path, {**BASE, "deid": {"key": "é" * 16}})).deid.key == "é" * 16  # 32 bytes
+
+
+def test_a_short_key_from_the_environment_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = CenterConfig.model_validate({**BASE, "deid": {"key_env": "MY_KEY"}})
+    monkeypatch.setenv("MY_KEY", "x" * 31)
+    with pytest.raises(InputError) as e:
+        cfg.deid.resolve_key()
+    assert "MY_KEY" in str(e.value) and "32 bytes" in str(e.value) and "x" * 31 not in str(e.value)
+    assert e.value.fix and "secrets.token_urlsafe(32)" in e.value.fix
+    assert e.value.exit_code == 2
+    monkeypatch.setenv("MY_KEY", "x" * 32)
+    assert cfg.deid.resolve_key() == "x" * 32

@@ -85,10 +85,10 @@ def test_dicom_masks_in_a_folder_beside_the_patients(cohort: Path, tmp_path: Pat
     export = tmp_path / "export"
     raw = _masks_beside(cohort, export)
     monkeypatch.setenv("ATRX_EXAMPLE_EXPORT", str(export))
-    monkeypatch.setenv("ATRX_DEID_KEY", "k")
+    monkeypatch.setenv("ATRX_DEID_KEY", "k" * 32)
     cfg = load_center(EXAMPLES / "masks_beside.yaml")
     before = _tree(export)
-    plan = plan_center(cfg, "k")
+    plan = plan_center(cfg, "k" * 32)
     assert _tree(export) == before  # the dry run writes nothing
     assert [p.raw_id for p in plan.patients] == [raw]
     patient = plan.patients[0]
@@ -100,7 +100,7 @@ def test_dicom_masks_in_a_folder_beside_the_patients(cohort: Path, tmp_path: Pat
     assert summary.studies["ingested"] == 1, summary.quarantined
     con = duckdb.connect(str(tmp_path / "home" / "catalog.duckdb"), read_only=True)
     labels = dict(con.execute("select role, label from scan_sources").fetchall())
-    pid = pseudonymise_patient(cfg.center, raw, "k")
+    pid = pseudonymise_patient(cfg.center, raw, "k" * 32)
     assert labels["lesion"] == f"{{source}}/masks/{pid}_lesion.nii.gz"
     assert raw not in "".join(labels.values())
 
@@ -120,7 +120,7 @@ def test_nifti_with_a_mask_folder_in_the_hospitals_language(cohort: Path, tmp_pa
                masks={"lesion": {"glob": seg}, "tumor": {"glob": seg}})
     cfg["clinical"]["path"] = "{source}/clinical.xlsx"
     (tmp_path / "C.yaml").write_text(yaml.safe_dump(cfg))
-    plan = plan_center(load_center(tmp_path / "C.yaml"), "k")
+    plan = plan_center(load_center(tmp_path / "C.yaml"), "k" * 32)
     assert plan.patients[0].ok, plan.all_problems()
     assert plan.patients[0].studies[0].lesion.label == f"{{source}}/Segmentierungen/{patient.name}_seg.nii.gz"
 
@@ -165,7 +165,7 @@ def test_bids_preset_finds_masks_in_derivatives_trees(cohort: Path, tmp_path: Pa
         data = yaml.safe_load(path.read_text())
         path = tmp_path / "bids.yaml"
         path.write_text(yaml.safe_dump({**data, "patients": patients}))
-    plan = plan_center(load_center(path), "k")
+    plan = plan_center(load_center(path), "k" * 32)
     assert [p.raw_id for p in plan.patients] == [raw]
     assert plan.patients[0].ok, plan.all_problems()
     study = plan.patients[0].studies[0]
@@ -180,7 +180,7 @@ def test_a_mask_in_the_subject_folder_and_in_derivatives_is_ambiguous(cohort: Pa
     _bids(cohort, tmp_path / "again", "", "")  # the same masks, now inside the subject folder too
     shutil.copytree(tmp_path / "again" / f"sub-{raw}", export / f"sub-{raw}", dirs_exist_ok=True)
     monkeypatch.setenv("ATRX_EXAMPLE_EXPORT", str(export))
-    plan = plan_center(load_center(EXAMPLES / "bids_derivatives.yaml"), "k")
+    plan = plan_center(load_center(EXAMPLES / "bids_derivatives.yaml"), "k" * 32)
     assert not plan.patients[0].ok
     assert any("2 files match masks.lesion" in p.what for p in plan.patients[0].problems)
 
@@ -198,7 +198,7 @@ def test_a_link_out_of_source_is_refused_and_a_link_inside_is_followed(cohort: P
     shutil.move(tumor, export / "masks" / "kept.nii.gz")
     tumor.symlink_to(export / "masks" / "kept.nii.gz")  # inside source: fine
     monkeypatch.setenv("ATRX_EXAMPLE_EXPORT", str(export))
-    plan = plan_center(load_center(EXAMPLES / "masks_beside.yaml"), "k")
+    plan = plan_center(load_center(EXAMPLES / "masks_beside.yaml"), "k" * 32)
     problems = plan.patients[0].problems
     assert not plan.patients[0].ok
     assert [p.file for p in problems] == [f"masks/{raw}_lesion.nii.gz"], problems
@@ -241,13 +241,13 @@ def test_each_example_center_file_validates_on_its_layout(example: str, cohort: 
     export = tmp_path / "export"
     raw = EXAMPLE_LAYOUTS[example](cohort, export)
     monkeypatch.setenv("ATRX_EXAMPLE_EXPORT", str(export))
-    monkeypatch.setenv("ATRX_DEID_KEY", "k")
+    monkeypatch.setenv("ATRX_DEID_KEY", "k" * 32)
     before = _tree(export)
     result = CliRunner().invoke(app, ["center", "validate", str(EXAMPLES / example)])
     assert result.exit_code == 0, result.stdout + result.stderr
     assert "ready to ingest" in result.stdout and "Nothing was written" in result.stdout
     assert _tree(export) == before
-    plan = plan_center(load_center(EXAMPLES / example), "k")
+    plan = plan_center(load_center(EXAMPLES / example), "k" * 32)
     assert [p.raw_id for p in plan.patients] == raw
     assert all(p.ok and p.clinical is not None for p in plan.patients), plan.all_problems()
     for study in (s for p in plan.patients for s in p.studies):

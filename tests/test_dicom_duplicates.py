@@ -9,11 +9,11 @@ import shutil
 from pathlib import Path
 
 import duckdb
-import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
 import yaml
+from dicom_phantom import dicom_patient, phantom
 
 from atrx.config.center import CenterConfig, load_center
 from atrx.workspace import Workspace
@@ -21,43 +21,15 @@ from ingest.deid import pseudonymise_patient
 from ingest.discover import plan_center
 from ingest.discover.dicom import drop_identical_copies, identical_folders
 from ingest.driver import run_ingest
-from ingest.synth import write_dicom_series
 
 N_SLICES = 8
 
 
-def _phantom() -> tuple[sitk.Image, sitk.Image, sitk.Image]:
-    """A small head with a lesion (and a tumour inside it), axial 1.5 x 1.5 x 4 mm."""
-    size = (36, 40, N_SLICES)
-    idx = np.stack(np.meshgrid(*[np.arange(n) for n in size[::-1]], indexing="ij"), -1)
-    centre = np.array(size[::-1]) / 2
-    r_head = np.linalg.norm((idx - centre) / (centre * 0.9), axis=-1)
-    r_les = np.linalg.norm((idx - centre - [0, 3, 4]) / [2.2, 6, 7], axis=-1)
-    values = np.where(r_head < 0.85, 400.0, 0.0) + np.where((r_head >= 0.88) & (r_head < 0.98), 900.0, 0.0)
-    values = values + np.where(r_les < 1, 300.0, 0.0) + np.random.default_rng(1).normal(0, 5, values.shape) + 20
-    images = [sitk.GetImageFromArray(a) for a in (np.rint(values).astype(np.float32),
-                                                  (r_les < 1).astype(np.uint8), (r_les < 0.5).astype(np.uint8))]
-    for im in images:
-        im.SetSpacing((1.5, 1.5, 4.0))
-        im.SetOrigin((-27.0, -30.0, -16.0))
-    return images[0], images[1], images[2]
-
-
 def _patient(root: Path, raw: str, n: int) -> Path:
     """One patient folder: a T1c and a FLAIR series (one folder each) and NIfTI masks."""
-    folder = root / raw
-    image, lesion, tumor = _phantom()
+    images = phantom((36, 40, N_SLICES), (0, 3, 4), (2.2, 6, 7), skull=True)
     who = {"PatientName": f"DUP^{raw}", "PatientID": raw, "PatientBirthDate": "19600101"}
-    common = {"study_uid": f"1.2.826.0.1.3680043.8.498.77.{n}", "patient": who, "study_date": "20200102",
-              "series_uid": None, "quantize": True}
-    write_dicom_series(image, folder / "T1_POST", series_description="T1 POST GD", protocol_name="t1",
-                       series_number=3, **common)
-    write_dicom_series(image, folder / "FLAIR", series_description="FLAIR AX", protocol_name="flair",
-                       series_number=2, **common)
-    (folder / "masks").mkdir()
-    sitk.WriteImage(lesion, str(folder / "masks" / "lesion.nii.gz"))
-    sitk.WriteImage(tumor, str(folder / "masks" / "tumor.nii.gz"))
-    return folder
+    return dicom_patient(root, raw, f"1.2.826.0.1.3680043.8.498.77.{n}", images, who)
 
 
 @pytest.fixture
@@ -69,7 +41,7 @@ def export(tmp_path: Path) -> Path:
     (src / "clinical.csv").write_text("id,age,sex,who,vasari,atrx,path\n"
                                       "P013,50,F,4,70,mutant,2020-01-20\nP014,61,M,3,40,wildtype,2020-02-01\n")
     cfg = {
-        "center": "D", "source": "export", "format": "dicom", "deid": {"key": "k"},
+        "center": "D", "source": "export", "format": "dicom", "synthetic": True, "deid": {"key": "k" * 32},
         # unanchored at the end, as exports are: "P013 - Copy" is patient P013 too
         "patients": {"glob": "P*", "id_regex": r"^(?P<patient>P\d+)"},
         "sequences": {"t1c": {"dicom": {"SeriesDescription": "POST GD"}},
@@ -103,7 +75,7 @@ def _problems(plan, blocking: bool) -> list[str]:
 
 def test_a_series_folder_copied_inside_a_patient_is_used_once(export: Path) -> None:
     shutil.copytree(export / "P013" / "FLAIR", export / "P013" / "FLAIR - Copy")
-    plan = plan_center(_cfg(export), "k")
+    plan = plan_center(_cfg(export), "k" * 32)
     p013 = next(p for p in plan.patients if p.raw_id == "P013")
     assert p013.ok, _problems(p013, True)
     assert f"P013/FLAIR - Copy: same {N_SLICES} instances as P013/FLAIR, processed once" in _problems(p013, False)
@@ -115,7 +87,7 @@ def test_a_series_folder_copied_inside_a_patient_is_used_once(export: Path) -> N
 def test_a_series_copy_with_other_content_is_refused(export: Path) -> None:
     shutil.copytree(export / "P013" / "FLAIR", export / "P013" / "FLAIR - Copy")
     _alter_one_file(export / "P013" / "FLAIR - Copy")
-    plan = plan_center(_cfg(export), "k")
+    plan = plan_center(_cfg(export), "k" * 32)
     p013 = next(p for p in plan.patients if p.raw_id == "P013")
     assert not p013.ok
     assert any(w.startswith("two different files carry one SOPInstanceUID (P013/FLAIR/")
@@ -144,14 +116,14 @@ def test_drop_identical_copies_keeps_the_first_by_sorted_path(export: Path) -> N
     shutil.copytree(export / "P013", export / "P099")  # the same images under another id, no row
     entries = {"P013": [export / "P013", export / "P013 - Copy"], "P014": [export / "P014"],
                "P099": [export / "P099"]}
-    notes = drop_identical_copies(entries, {"P013", "P014"}, "D", "k")
+    notes = drop_identical_copies(entries, {"P013", "P014"}, "D", "k" * 32)
     assert entries == {"P013": [export / "P013"], "P014": [export / "P014"]}
-    pseudo = pseudonymise_patient("D", "P099", "k")
+    pseudo = pseudonymise_patient("D", "P099", "k" * 32)
     assert notes == {"P013": [f"P013 - Copy: same {2 * N_SLICES} instances as P013, processed once",
                               f"{pseudo}: same {2 * N_SLICES} instances as P013, processed once"]}
     # another id with a clinical row of its own: two patients claim one set of images, both stay
     entries = {"P013": [export / "P013"], "P099": [export / "P099"]}
-    assert drop_identical_copies(entries, {"P013", "P099"}, "D", "k") == {}
+    assert drop_identical_copies(entries, {"P013", "P099"}, "D", "k" * 32) == {}
     assert entries == {"P013": [export / "P013"], "P099": [export / "P099"]}
 
 
@@ -162,7 +134,7 @@ def test_copies_with_different_content_stay_refused_both(export: Path) -> None:
     _alter_one_file(export / "P099")
     with (export / "clinical.csv").open("a") as fh:
         fh.write("P099,45,F,4,55,mutant,2020-03-01\n")
-    plan = plan_center(_cfg(export), "k")
+    plan = plan_center(_cfg(export), "k" * 32)
     by_id = {p.raw_id: p for p in plan.patients}
     assert any("duplicate patient: id 'P013' is in 2 folders" in w for w in _problems(by_id["P013"], True))
     for raw in ("P014", "P099"):
@@ -185,7 +157,7 @@ def test_a_copied_patient_folder_is_validated_and_ingested_once(export: Path, tm
     assert summary.studies["ingested"] == 2 and summary.patients_quarantined == 0, summary.quarantined
     with duckdb.connect(str(home / "catalog.duckdb"), read_only=True) as con:
         rows = con.execute("select patient_id, reason, blocking from quarantine").fetchall()
-    pid = pseudonymise_patient("D", "P013", "k")
+    pid = pseudonymise_patient("D", "P013", "k" * 32)
     assert (pid, note.replace("P013", pid), False) in rows
     assert not any("P013" in (r[1] or "") for r in rows)  # the raw id is redacted from the catalog
 
@@ -195,7 +167,7 @@ def test_a_dicom_file_linking_out_of_source_is_refused_not_read(export: Path, tm
     shutil.copytree(export / "P014" / "FLAIR", outside)
     (export / "P013" / "EXTRA").mkdir()
     (export / "P013" / "EXTRA" / "IM9999.dcm").symlink_to(next(outside.glob("IM*.dcm")))
-    plan = plan_center(_cfg(export), "k")
+    plan = plan_center(_cfg(export), "k" * 32)
     p013 = next(p for p in plan.patients if p.raw_id == "P013")
     assert not p013.ok
     assert any("EXTRA/IM9999.dcm leads outside source" in w for w in _problems(p013, True))

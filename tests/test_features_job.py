@@ -109,9 +109,16 @@ def read_view(ws: Workspace, view: str, version: str) -> pd.DataFrame:
     return pd.concat([pd.read_parquet(p) for p in parts], ignore_index=True)
 
 
+def _lineage_rows(ws: Workspace) -> int:
+    if not Path(ws.catalog).exists():
+        return 0
+    with Catalog(ws.catalog, read_only=True) as cat:
+        return cat.query("select count(*) from lineage")[0][0]
+
+
 def lineage(ws: Workspace) -> pd.DataFrame:
     with Catalog(ws.catalog) as cat:
-        return cat.con.execute("SELECT * FROM lineage").df()
+        return cat.lineage()
 
 
 @pytest.fixture(scope="module")
@@ -338,11 +345,10 @@ def test_a_killed_driver_keeps_its_checkpoints_and_the_next_run_does_the_rest(tm
          "--checkpoint-seconds", "0"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not any(Path(ws.offline).rglob("part-*.parquet")):
+    # the lineage rows of the first checkpoint follow its Parquet parts; the catalog can be read
+    # while the job runs (it holds the file only for its short transactions)
+    while time.monotonic() < deadline and not _lineage_rows(ws):
         time.sleep(0.05)
-    # the lineage rows of that checkpoint follow its Parquet parts (one per view: six for a
-    # study's radiomics task)
-    time.sleep(2.5)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     all_targets = len(LATEST) * 12

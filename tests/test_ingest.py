@@ -25,7 +25,7 @@ import zarr
 from atrx.config.center import load_center
 from atrx.imagestore import read_version
 from atrx.workspace import Workspace
-from ingest.deid import pseudonymise_patient
+from ingest.deid import key_fingerprint, pseudonymise_patient
 from ingest.driver import run_ingest
 from ingest.synth import generate_cohort
 
@@ -209,9 +209,12 @@ def test_no_planted_phi_reaches_store_catalog_or_output(cohort: Path, tmp_path: 
         haystacks[f"catalog.{table}"] = con.sql(f"select * from {table}").df().to_csv()
     for path in (home / "images.zarr").rglob("zarr.json"):
         haystacks[str(path)] = path.read_text()
+    keys = {c: load_center(root / "centers" / f"{c}.yaml").deid.resolve_key() for c in "ABC"}
+    assert dict(con.execute("select center, fingerprint from deid_keys").fetchall()) == {
+        c: key_fingerprint(k) for c, k in keys.items()}  # recorded by the first ingest, never the key
     for where, text in haystacks.items():
-        for value in phi:
-            assert value not in text, f"PHI {value!r} found in {where}"
+        for value in [*phi, *keys.values()]:
+            assert value not in text, f"PHI or key {value!r} found in {where}"
 
 
 def test_rerun_does_no_work_and_a_changed_scan_becomes_a_new_version(cohort: Path, tmp_path: Path) -> None:

@@ -71,7 +71,7 @@ def test_oblique_dicom_ellipsoid_lands_where_it_should(tmp_path: Path) -> None:
     (src / "clinical.csv").write_text(
         "id,age,sex,who,vasari,atrx,path\nP0000001,50,F,4,70,mutant,2020-01-20\n")
     cfg = {
-        "center": "G", "source": "export", "format": "dicom", "deid": {"key": "k"},
+        "center": "G", "source": "export", "format": "dicom", "synthetic": True, "deid": {"key": "k" * 32},
         "patients": {"glob": "P*", "id_regex": "^(?P<patient>P\\d+)$"},
         "sequences": {"t1c": {"dicom": {"SeriesDescription": "POST GD"}},
                       "t2f": {"dicom": {"SeriesDescription": "FLAIR"}}},

@@ -49,7 +49,7 @@ def study(tmp_path: Path) -> tuple[PatientPlan, CenterConfig]:
         "clinical": {"path": "clinical.csv", "columns": {
             "patient_id": "ID", "age": "Age", "sex": "Sex", "who_grade": "WHO", "vasari_score": "VASARI",
             "atrx_status": "ATRX", "pathology_date": "Date"}},
-        "deid": {"key": "k"},
+        "synthetic": True, "deid": {"key": "k" * 32},
     })
 
     def ref(role: str) -> SourceRef:

@@ -76,3 +76,21 @@ def test_a_second_features_job_exits_2_naming_the_first(tmp_path: Path) -> None:
     assert "a features job on this workspace is already running" in result.output
     assert f"pid {os.getpid()}" in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_second_ingest_of_one_center_exits_2_and_other_centers_are_free(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from atrx.cli import app
+
+    home = tmp_path / "home"
+    (tmp_path / "cohort" / "A").mkdir(parents=True)  # the lock is taken before the export is read
+    env = {"ATRX_COHORT": str(tmp_path / "cohort")}
+    with exclusive(home, "ingest-A", "an ingest of center A"):
+        result = CliRunner().invoke(app, ["ingest", "centers/A.yaml", "--home", str(home)], env=env)
+        assert result.exit_code == 2, result.output
+        assert "an ingest of center A is already running" in result.output
+        assert f"pid {os.getpid()}" in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        with exclusive(home, "ingest-B", "an ingest of center B"):  # another center's lock is free
+            pass

@@ -33,7 +33,7 @@ from ingest.patient import StudyOutcome
 from ingest.synth import generate_cohort
 
 runner = CliRunner()
-KEY = "onboarding-test-key"
+KEY = "onboarding-test-key-of-32-bytes-or-more"
 
 
 @dataclass(frozen=True)

@@ -17,15 +17,8 @@ import SimpleITK as sitk
 from atrx.config.center import CenterConfig, MaskRule
 from atrx.geometry import as_grid
 from ingest.discover import PatientPlan, SourceRef, StudyPlan, plan_center
-from ingest.masks import (
-    MaskError,
-    MaskSelection,
-    check_mask,
-    crop_fits,
-    load_mask,
-    pad_to_grid,
-    subgrid_offset,
-)
+from ingest.mask_grid import pad_to_grid, subgrid_offset
+from ingest.masks import MaskError, MaskSelection, check_mask, crop_fits, load_mask
 from ingest.patient import ingest_patient, source_digest
 from ingest.preprocess import PreprocessError, PreprocessParams
 from ingest.preprocess.ops import check_same_geometry
@@ -271,7 +264,7 @@ def _study(tmp_path: Path, cropped: bool) -> tuple[PatientPlan, CenterConfig]:
         "clinical": {"path": "clinical.csv", "columns": {
             "patient_id": "id", "age": "age", "sex": "sex", "who_grade": "who", "vasari_score": "vasari",
             "atrx_status": "atrx", "pathology_date": "date", "scan_date": "scan"}},
-        "deid": {"key": "k"},
+        "synthetic": True, "deid": {"key": "k" * 32},
     })
     (folder.parent / "clinical.csv").write_text("id,age,sex,who,vasari,atrx,date,scan\nP013,50,female,4,70,mutant,2021-01-01,2020-12-01\n")
 
@@ -310,7 +303,7 @@ def test_the_source_hash_changes_only_where_a_segment_is_set(tmp_path: Path) -> 
 
 def test_validate_accepts_a_cropped_seg_nrrd_with_a_note(tmp_path: Path) -> None:
     plan, cfg = _study(tmp_path, cropped=True)
-    center = plan_center(cfg, "k")
+    center = plan_center(cfg, "k" * 32)
     (patient,) = center.patients
     assert patient.ok, [p.what for p in patient.problems]
     notes = [p.what for p in patient.problems if not p.blocking]

@@ -24,7 +24,7 @@ from ingest.synth import (
     truth_table,
     write_dicom_series,
 )
-from ingest.synth.centers import CENTERS, REPO_SOURCE
+from ingest.synth.centers import CENTERS, REPO_SOURCE, synthetic_key
 from ingest.synth.cohort import center_plan, rng_for
 from ingest.synth.phantom import EDEMA, NECROSIS, RIM, WM, draw_head_params
 
@@ -253,7 +253,8 @@ def test_center_configs_load_and_match_repo(cohort: Path, monkeypatch: pytest.Mo
         a, b = yaml.safe_load(generated.read_text()), yaml.safe_load(repo.read_text())
         assert a.pop("source") == f"../{center}" and b.pop("source").startswith("${ATRX_COHORT")
         assert a == b
-        assert cfg_gen.deid.resolve_key() == f"synthetic-{center}-key"
+        assert cfg_gen.synthetic and cfg_gen.deid.resolve_key() == synthetic_key(center)
+        assert len(synthetic_key(center).encode()) >= 32
 
 
 # -- the ATRX signal ---------------------------------------------------------------------------

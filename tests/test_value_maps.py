@@ -74,12 +74,12 @@ def test_notes_reach_the_dry_run_as_non_blocking_clinical_problems(tmp_path: Pat
     export.mkdir()
     (export / "clinical.csv").write_text(HEADER + "P1,50,M,IV,70,Loss,2020-01-01\n")
     cfg = CenterConfig.model_validate({
-        "center": "V", "source": str(export), "format": "nifti", "deid": {"key": "k"},
+        "center": "V", "source": str(export), "format": "nifti", "synthetic": True, "deid": {"key": "k" * 32},
         "sequences": {"t1c": {"glob": "*t1c.nii.gz"}, "t2f": {"glob": "*t2f.nii.gz"}},
         "masks": {"lesion": {"glob": "*lesion.nii.gz", "space": "t2f"},
                   "tumor": {"glob": "*tumor.nii.gz", "space": "t1c"}},
         "clinical": {"path": "clinical.csv", "columns": COLUMNS, "values": VALUES}})
-    notes = [p for p in plan_center(cfg, "k").problems if "case/whitespace" in p.what]
+    notes = [p for p in plan_center(cfg, "k" * 32).problems if "case/whitespace" in p.what]
     assert [(p.what, p.blocking, p.stage, p.file) for p in notes] == [
         ("ATRX: matched 'Loss' as 'loss' by case/whitespace", False, "clinical", "clinical.csv")]
 

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from atrx.cli import catalog as _catalog
 from atrx.cli import demo as _demo
 from atrx.cli import features as _features
 from atrx.cli import ingest as _ingest
@@ -38,6 +39,7 @@ def _root(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug l
 
 
 _ingest.register(app, center_app)
+_catalog.register(app)
 _features.register(app)
 _stability.register(app)
 _training.register(app, models_app)

@@ -121,11 +121,12 @@ def ingest(
     from atrx.config.center import load_center
     from atrx.ui import console
     from atrx.workspace import Workspace
+    from ingest.driver import check_key
 
     ws = Workspace.at(home)
     cfgs = [load_center(c) for c in configs]
-    for cfg in cfgs:
-        cfg.deid.resolve_key()  # every key before the first center starts
+    for cfg in cfgs:  # every key (and its fingerprint in the catalog) before the first center starts
+        check_key(ws, cfg.center, cfg.deid.resolve_key())
     con = console()
     any_quarantined = False
     for cfg in cfgs:

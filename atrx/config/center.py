@@ -30,7 +30,7 @@ from atrx.config.base import (
     load_yaml_model,
     split_source,
 )
-from atrx.errors import InputError
+from atrx.config.deid import Deid
 
 SequenceName = Literal["t1c", "t2f"]
 MaskName = Literal["lesion", "tumor"]
@@ -252,23 +252,6 @@ class ClinicalSheet(StrictModel):
         return v
 
 
-class Deid(StrictModel):
-    """Key of the keyed hash that pseudonymises patient ids. Prefer ``key_env`` for real centers."""
-
-    key_env: str | None = "ATRX_DEID_KEY"
-    key: str | None = Field(None, description="literal key; acceptable for synthetic data only")
-
-    def resolve_key(self) -> str:
-        if self.key:
-            return self.key
-        if self.key_env and os.environ.get(self.key_env):
-            return os.environ[self.key_env]
-        raise InputError(
-            f"no pseudonymisation key: the environment variable {self.key_env or 'ATRX_DEID_KEY'} is not set",
-            fix=f"export {self.key_env or 'ATRX_DEID_KEY'}=<key> (or set deid.key_env / deid.key in the center file)",
-        )
-
-
 def _bids_masks(roi: str) -> list[str]:
     name = f"*_desc-{roi}_mask.nii*"
     return [f"**/{name}", f"{{source}}/derivatives/*/{{folder}}/**/{name}",
@@ -325,7 +308,11 @@ class CenterConfig(StrictModel):
     sequences: Sequences
     masks: Masks
     clinical: ClinicalSheet
+    synthetic: bool = Field(False, description="the export is generated test data; only then may deid.key be a "
+                            "literal key in this file")
     deid: Deid = Deid()
+    max_voxels: int = Field(64_000_000, gt=0, description="voxel budget of a study's output grid (1 mm over the "
+                            "T1c); a bigger one is refused at plan time, before any worker allocates it")
     base_dir: str = Field("", exclude=True, description="set by the loader: the YAML file's folder")
 
     @model_validator(mode="before")
@@ -347,6 +334,16 @@ class CenterConfig(StrictModel):
         if self.format == "nifti" and self.sequences.is_dicom:
             raise ValueError("format is 'nifti' but sequences use 'dicom' tag rules; use 'glob' rules")
         return self
+
+    @field_validator("deid")
+    @classmethod
+    def _literal_key_synthetic_only(cls, v: Deid, info: ValidationInfo) -> Deid:
+        if v.key and info.data.get("synthetic") is False:
+            raise ValueError(
+                "deid.key: a literal key is refused in a center file unless it says `synthetic: true`; remove "
+                "deid.key and give the key in an environment variable named by deid.key_env (e.g. "
+                "`deid: {key_env: ATRX_DEID_KEY}`), or add `synthetic: true` if the data are synthetic")
+        return v
 
     @field_validator("center")
     @classmethod
@@ -380,7 +377,7 @@ class CenterConfig(StrictModel):
         """Hash of the effective configuration (recorded with every run)."""
         import hashlib
 
-        return hashlib.sha256(self.model_dump_json(exclude={"deid"}).encode()).hexdigest()
+        return hashlib.sha256(self.model_dump_json(exclude={"deid", "synthetic"}).encode()).hexdigest()
 
 
 def load_center(path: str | os.PathLike[str]) -> CenterConfig:

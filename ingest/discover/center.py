@@ -8,25 +8,36 @@ checked here across the whole center.
 from __future__ import annotations
 
 import re
+import traceback
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
 
 from atrx.config.center import CenterConfig
+from atrx.errors import DEBUG_ENV, debug_enabled
 from atrx.names import SOURCE_MASKS
 from ingest.clinical import ClinicalSheetError, ClinicalSheetResult, parse_clinical
 from ingest.deid import pseudonymise_patient
 from ingest.discover.dicom import drop_identical_copies, plan_dicom_patient
 from ingest.discover.files import check_masks, plan_file_patient
-from ingest.discover.plan import CenterPlan, PatientPlan, Problem, relative, source_label
+from ingest.discover.plan import (
+    CenterPlan,
+    PatientPlan,
+    Problem,
+    StudyPlan,
+    output_size,
+    relative,
+    source_label,
+)
 
 __all__ = ["plan_center"]
 
 
-def plan_center(cfg: CenterConfig, key: str, read_masks: bool = True) -> CenterPlan:
+def plan_center(cfg: CenterConfig, key: str, read_masks: bool = True, spacing_mm: float = 1.0) -> CenterPlan:
     """Find every patient of a center and decide what would be ingested, without writing anything.
 
-    ``read_masks`` False skips reading the mask files (headers only).
+    ``read_masks`` False skips reading the mask files (headers only). ``spacing_mm`` is the
+    preprocessing's output spacing, which sizes the grid checked against ``cfg.max_voxels``.
     """
     problems: list[Problem] = []
     root = cfg.source_path
@@ -85,21 +96,14 @@ def plan_center(cfg: CenterConfig, key: str, read_masks: bool = True) -> CenterP
                             f"({raw_id}; `atrx center validate` shows it)", relative(cfg.clinical_path, root))
         else:
             plan.refuse("no clinical data (the sheet could not be read)", "fix the clinical sheet")
-        if cfg.sequences.is_dicom:
-            plan_dicom_patient(cfg, plan, folders[0], key)
-        else:
-            plan_file_patient(cfg, plan, folders[0], key)
-        _label_masks_beside(plan, folders[0], root)
-        for study in plan.studies:
-            if study.scan_date is None and (plan.clinical is not None or cfg.sequences.is_dicom):
-                plan.refuse("no scan date", "map clinical.columns.scan_date or set patients.scan_date_regex "
-                            "(DICOM: StudyDate is empty)")
-            elif plan.clinical and study.scan_date > plan.clinical.pathology_date:
-                plan.refuse(f"scan date {study.scan_date} is after the pathology date "
-                            f"{plan.clinical.pathology_date}; this scan cannot inform that label",
-                            "expected for follow-up scans; otherwise check the dates", blocking=False)
-        if read_masks and plan.ok:
-            check_masks(cfg, plan)
+        try:
+            _plan_images(cfg, plan, folders[0], key, read_masks, spacing_mm)
+        except Exception as e:  # one patient's odd headers never stop the center's plan
+            if debug_enabled():
+                raise
+            where = traceback.format_exc(limit=-1).strip().splitlines()[-2].strip()[:200]
+            plan.refuse(f"unexpected error while planning this patient: {type(e).__name__}: {str(e)[:300]} "
+                        f"(at {where})", f"report it with this message; set {DEBUG_ENV}=1 to see the full traceback")
 
     _flag_duplicate_headers(plans)
     for leftovers in cell_problems.values():  # rows of patients without a folder: notes only
@@ -109,6 +113,48 @@ def plan_center(cfg: CenterConfig, key: str, read_masks: bool = True) -> CenterP
             problems.append(Problem(raw_id, "clinical row without images", "check the export for this patient",
                                     relative(cfg.clinical_path, root), blocking=False, stage="clinical"))
     return CenterPlan(cfg, plans, problems, clinical)
+
+
+def _plan_images(cfg: CenterConfig, plan: PatientPlan, folder: Path, key: str, read_masks: bool,
+                 spacing_mm: float) -> None:
+    """A patient's studies: sources chosen, dates, output grid within budget, masks read."""
+    if cfg.sequences.is_dicom:
+        plan_dicom_patient(cfg, plan, folder, key)
+    else:
+        plan_file_patient(cfg, plan, folder, key)
+    _label_masks_beside(plan, folder, cfg.source_path)
+    dated = any(p.what.startswith("malformed scan date") for p in plan.problems)
+    for study in plan.studies:
+        if study.scan_date is None and (plan.clinical is not None or cfg.sequences.is_dicom):
+            if not dated:
+                plan.refuse("no scan date", "map clinical.columns.scan_date or set patients.scan_date_regex "
+                            "(DICOM: StudyDate is empty)")
+        elif plan.clinical and study.scan_date and study.scan_date > plan.clinical.pathology_date:
+            plan.refuse(f"scan date {study.scan_date} is after the pathology date "
+                        f"{plan.clinical.pathology_date}; this scan cannot inform that label",
+                        "expected for follow-up scans; otherwise check the dates", blocking=False)
+        _check_budget(cfg, plan, study, spacing_mm)
+    if read_masks and plan.ok:
+        check_masks(cfg, plan)
+
+
+def _check_budget(cfg: CenterConfig, plan: PatientPlan, study: StudyPlan, spacing_mm: float) -> None:
+    """Refuse a study whose output grid would not fit a worker (a header spacing off by 10x, say)."""
+    geo = study.geometry.get("t1c")
+    if geo is None:
+        return
+    size = output_size(geo, spacing_mm)
+    n = size[0] * size[1] * size[2]
+    if n > cfg.max_voxels:
+        spacing = ", ".join(f"{s:g}" for s in geo.spacing)
+        plan.refuse(f"the {spacing_mm:g} mm output grid over the T1c would be {' x '.join(map(str, size))} = {n:,} "
+                    f"voxels, over the budget of {cfg.max_voxels:,} (max_voxels); the T1c is "
+                    f"{' x '.join(map(str, geo.size))} voxels of {spacing} mm",
+                    "check the T1c header's voxel spacing (DICOM PixelSpacing / slice positions, NIfTI pixdim): "
+                    "a spacing in the wrong unit makes the grid huge; if the image really is that large, raise "
+                    "max_voxels in the center file",
+                    relative(Path(study.t1c.files[0]).parent if study.t1c.kind == "dicom" else study.t1c.files[0],
+                             cfg.source_path))
 
 
 def _label_masks_beside(plan: PatientPlan, folder: Path, root: Path) -> None:

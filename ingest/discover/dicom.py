@@ -1,10 +1,11 @@
 """The DICOM side of a plan: group a patient's files into series and choose each study's series.
 
 Headers only (``stop_before_pixels``): a series' geometry, slice gaps and tags come from its
-files' headers, so planning a center does not read its pixels. Copies are told apart by content:
-a file carrying a SOPInstanceUID already seen is read in full only then, and a byte-identical
-copy (of a series folder, or of a whole patient folder: :func:`identical_folders`) is processed
-once, with a note; a different file under the same UID is refused.
+files' headers, so planning a center does not read its pixels (one file of a compressed series
+is decoded, to know the ingest can). Copies are processed once (:mod:`ingest.discover.copies`).
+Stray files (``DICOMDIR``,
+``LOCKFILE``, ``.DS_Store``, text) are noted, compressed pixel data is checked by its transfer
+syntax, and broken orientation or date headers refuse the patient (:mod:`ingest.discover.dicom_input`).
 """
 
 from __future__ import annotations
@@ -12,26 +13,45 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections import defaultdict
-from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
 
 from atrx.config.center import CenterConfig, MaskRule, SequenceRule
 from atrx.names import SEQUENCES, SOURCE_MASKS
-from ingest.deid import pseudonymise_patient, pseudonymise_study
-from ingest.discover.files import file_sha256, glob_files, inside_source, mask_fits
+from ingest.deid import pseudonymise_study
+from ingest.discover.copies import (
+    NON_DICOM_SUFFIXES,
+    FolderCopy,
+    Instances,
+    drop_identical_copies,
+    identical_folders,
+    tag_text,
+)
+from ingest.discover.dicom_input import (
+    DICOMDIR_UID,
+    UNCOMPRESSED_FIX,
+    decode_problem,
+    dicom_date,
+    is_stray,
+    is_text,
+    lossy,
+    orientation_problem,
+    pixel_problem,
+    syntax_name,
+    transfer_syntax,
+)
+from ingest.discover.files import glob_files, inside_source, mask_fits
 from ingest.discover.plan import Geometry, PatientPlan, SourceRef, StudyPlan, relative
 from ingest.masks import crop_fits
 
 __all__ = ["HEADER_TAGS", "NON_DICOM_SUFFIXES", "FolderCopy", "SeriesInfo", "drop_identical_copies",
            "identical_folders", "plan_dicom_patient", "scan_dicom_folder"]
 
-NON_DICOM_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".json", ".txt", ".csv",
-                      ".xlsx", ".md", ".yaml", ".yml", ".png", ".jpg")
 HEADER_TAGS = ["SeriesInstanceUID", "StudyInstanceUID", "SeriesDescription", "ProtocolName", "SequenceName",
                "ImageType", "ContrastBolusAgent", "SeriesNumber", "StudyDate", "SeriesDate", "AcquisitionDate",
                "PatientID", "Rows", "Columns", "BitsAllocated", "SamplesPerPixel", "NumberOfFrames",
@@ -47,11 +67,21 @@ class SeriesInfo:
     tags: dict[str, str]
     files: list[str] = field(default_factory=list)
     positions: list[tuple[float, float, float]] = field(default_factory=list)
+    #: transfer syntax UID -> one of the series' files stored so
+    syntaxes: dict[str, str] = field(default_factory=dict)
 
     @property
     def label(self) -> str:
         """What the engineer recognises: the description, the protocol, or the UID's tail."""
         return self.tags.get("SeriesDescription") or self.tags.get("ProtocolName") or self.series_uid[-8:]
+
+    def header_problem(self) -> str | None:
+        """Why the headers cannot give this series a geometry (orientation, spacing, positions), or None."""
+        why = orientation_problem(self.tags)
+        if why is None and len(self.positions) != len(self.files):
+            why = (f"{len(self.files) - len(self.positions)} of its {len(self.files)} files have no usable "
+                   "ImagePositionPatient (three numbers)")
+        return why
 
     def geometry(self) -> Geometry | None:
         """Geometry from headers alone, as SimpleITK will build it (slices sorted along the normal)."""
@@ -95,58 +125,12 @@ class SeriesInfo:
 
 
 
-def _tag_text(ds: pydicom.Dataset, key: str) -> str:
-    value = ds.get(key)
-    if value is None:
-        return ""
-    if isinstance(value, pydicom.multival.MultiValue | list | tuple):
-        return "\\".join(str(v) for v in value)
-    return str(value)
-
-
 def _expected_pixel_bytes(ds: pydicom.Dataset) -> int:
     try:
         return (int(ds.Rows) * int(ds.Columns) * int(ds.BitsAllocated) // 8
                 * int(ds.get("SamplesPerPixel", 1)) * int(ds.get("NumberOfFrames", 1) or 1))
     except (AttributeError, TypeError, ValueError):
         return 0
-
-
-class _Instances:
-    """The SOPInstanceUIDs seen in one patient folder: a repeat is a copy (same bytes) or a conflict."""
-
-    def __init__(self) -> None:
-        self.first: dict[str, Path] = {}
-        self.hashes: dict[Path, str] = {}
-        self.copies: dict[tuple[Path, Path], int] = defaultdict(int)  # (copy folder, original folder)
-
-    def _hash(self, path: Path) -> str:
-        if path not in self.hashes:
-            self.hashes[path] = file_sha256(path)
-        return self.hashes[path]
-
-    def repeat(self, sop: str, path: Path, plan: PatientPlan, root: Path) -> bool:
-        """True when ``path`` repeats an instance already seen (then it is not used)."""
-        first = self.first.get(sop)
-        if first is None:
-            self.first[sop] = path
-            return False
-        if self._hash(first) == self._hash(path):
-            self.copies[(path.parent, first.parent)] += 1
-        else:
-            plan.refuse(f"two different files carry one SOPInstanceUID ({relative(first, root)} and this one): "
-                        "the series is exported twice with different content",
-                        "re-export the series once; remove the stale copy from the patient's folder",
-                        relative(path, root))
-        return True
-
-    def report(self, plan: PatientPlan, root: Path) -> None:
-        for (copy, original), n in sorted(self.copies.items()):
-            where = (f"{relative(copy, root)}: {n} instances stored twice" if copy == original else
-                     f"{relative(copy, root)}: same {n} instances as {relative(original, root)}")
-            plan.refuse(f"{where}, processed once",
-                        "none needed (byte-identical copies); remove the copy to silence this note",
-                        relative(copy, root), blocking=False)
 
 
 def scan_dicom_folder(folder: Path, skip: set[Path], plan: PatientPlan, root: Path) -> list[SeriesInfo]:
@@ -156,9 +140,13 @@ def scan_dicom_folder(folder: Path, skip: set[Path], plan: PatientPlan, root: Pa
     a different file a refusal.
     """
     series: dict[str, SeriesInfo] = {}
-    instances = _Instances()
+    instances = Instances()
+    strays: list[Path] = []
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        if path in skip or path.name.startswith(".") or path.name.lower().endswith(NON_DICOM_SUFFIXES):
+        if path in skip:
+            continue
+        if is_stray(path):
+            strays.append(path)
             continue
         if not inside_source(path, root):
             plan.refuse(f"{relative(path, root)} leads outside source (a link); not followed",
@@ -167,119 +155,58 @@ def scan_dicom_folder(folder: Path, skip: set[Path], plan: PatientPlan, root: Pa
             continue
         try:
             ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=HEADER_TAGS)
-        except (InvalidDicomError, OSError, ValueError, EOFError) as e:
+        except InvalidDicomError as e:
+            if is_text(path):  # a lock file, a VERSION or a note without a suffix
+                strays.append(path)
+                continue
+            plan.refuse(f"unreadable DICOM file ({type(e).__name__}: no DICM marker)",
+                        "re-export the file, or remove it from the patient's folder if it is not an image",
+                        relative(path, root))
+            continue
+        except (OSError, ValueError, EOFError) as e:
             plan.refuse(f"unreadable DICOM file ({type(e).__name__})",
                         "re-export the file or remove it from the patient's folder", relative(path, root))
             continue
-        uid = _tag_text(ds, "SeriesInstanceUID")
+        uid = tag_text(ds, "SeriesInstanceUID")
+        if not uid and str(ds.file_meta.get("MediaStorageSOPClassUID", "")) == DICOMDIR_UID:
+            strays.append(path)  # a DICOMDIR under another name: an index, no image
+            continue
         if not uid:
             plan.refuse("DICOM file without SeriesInstanceUID", "re-export the series", relative(path, root))
             continue
-        expected = _expected_pixel_bytes(ds)
-        if expected and path.stat().st_size < expected:
-            plan.refuse(f"truncated DICOM file ({path.stat().st_size} bytes, pixel data alone needs {expected})",
-                        "re-export the series; the copy was cut short", relative(path, root))
+        bad = pixel_problem(path, ds, _expected_pixel_bytes(ds))
+        if bad:
+            plan.refuse(*bad, relative(path, root))
             continue
-        sop = _tag_text(ds, "SOPInstanceUID")
+        sop = tag_text(ds, "SOPInstanceUID")
         if sop and instances.repeat(sop, path, plan, root):
             continue
         info = series.get(uid)
         if info is None:
-            tags = {k: _tag_text(ds, k) for k in HEADER_TAGS}
+            tags = {k: tag_text(ds, k) for k in HEADER_TAGS}
             info = series[uid] = SeriesInfo(uid, tags["StudyInstanceUID"], tags)
         info.files.append(str(path))
+        info.syntaxes.setdefault(str(transfer_syntax(ds) or ""), str(path))
         ipp = ds.get("ImagePositionPatient")
-        if ipp is not None and len(ipp) == 3:
-            info.positions.append(tuple(float(x) for x in ipp))
+        try:
+            if ipp is not None and len(ipp) == 3:
+                info.positions.append((float(ipp[0]), float(ipp[1]), float(ipp[2])))
+        except (TypeError, ValueError):
+            pass  # counted by SeriesInfo.header_problem
     instances.report(plan, root)
+    _note_strays(strays, folder, plan, root)
     return list(series.values())
 
 
-@dataclass(frozen=True)
-class FolderCopy:
-    """A folder whose files are byte for byte those of an earlier one (by sorted path)."""
-
-    copy: Path
-    original: Path
-    instances: int  # its DICOM instances (files with a SOPInstanceUID)
-
-    def note(self) -> str:
-        """``P013 - Copy: same 96 instances as P013, processed once``."""
-        return f"{self.copy.name}: same {self.instances} instances as {self.original.name}, processed once"
-
-
-def _folder_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
-
-
-def _fingerprint(files: list[Path]) -> tuple[tuple[str, str], ...]:
-    """(SOPInstanceUID or '', sha256) of every file, sorted: equal for byte-identical folders."""
-    out = []
-    for path in files:
-        sop = ""
-        if not path.name.lower().endswith(NON_DICOM_SUFFIXES):
-            try:
-                sop = _tag_text(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]),
-                                "SOPInstanceUID")
-            except (InvalidDicomError, OSError, ValueError, EOFError):
-                sop = ""
-        out.append((sop, file_sha256(path)))
-    return tuple(sorted(out))
-
-
-def identical_folders(folders: Iterable[Path]) -> list[FolderCopy]:
-    """Folders (patient or series) that are byte-identical copies of an earlier one by sorted path.
-
-    Identical means every file has its twin: the same bytes, so the same SOPInstanceUIDs; a folder
-    without DICOM instances is never a copy. Only folders whose file sizes agree are read, so an
-    export without copies costs one ``stat`` per file.
-    """
-    by_sizes: dict[tuple[int, ...], list[tuple[Path, list[Path]]]] = defaultdict(list)
-    for folder in sorted(set(folders)):
-        files = _folder_files(folder)
-        if files:
-            by_sizes[tuple(sorted(p.stat().st_size for p in files))].append((folder, files))
-    out: list[FolderCopy] = []
-    for group in by_sizes.values():
-        if len(group) < 2:
-            continue
-        originals: dict[tuple[tuple[str, str], ...], Path] = {}
-        for folder, files in group:
-            fp = _fingerprint(files)
-            n = sum(1 for sop, _ in fp if sop)
-            if not n:
-                continue
-            if fp in originals:
-                out.append(FolderCopy(folder, originals[fp], n))
-            else:
-                originals[fp] = folder
-    return sorted(out, key=lambda c: c.copy)
-
-
-def drop_identical_copies(entries: dict[str, list[Path]], clinical_ids: Collection[str], center: str,
-                          key: str) -> dict[str, list[str]]:
-    """Remove from ``entries`` (raw id -> patient folders) every byte-identical copy of a folder.
-
-    ``P013 - Copy`` is then processed once, as ``P013``; the notes returned (raw id of the folder
-    kept -> notes) say so. A copy under another raw id is dropped too, unless that id has a
-    clinical row of its own (``clinical_ids``): two patients claiming one set of images stay for
-    the duplicate checks to refuse. A copy named by another raw id is noted with that id
-    pseudonymised, as the note is recorded under the patient kept.
-    """
-    raw_of = {folder: raw for raw, folders in entries.items() for folder in folders}
-    notes: dict[str, list[str]] = defaultdict(list)
-    for c in identical_folders(raw_of):
-        raw_copy, raw_kept = raw_of[c.copy], raw_of[c.original]
-        if raw_copy != raw_kept and raw_copy in clinical_ids:
-            continue
-        entries[raw_copy].remove(c.copy)
-        if not entries[raw_copy]:
-            del entries[raw_copy]
-        note = c.note()
-        if raw_copy != raw_kept:
-            note = note.replace(raw_copy, pseudonymise_patient(center, raw_copy, key))
-        notes[raw_kept].append(note)
-    return dict(notes)
+def _note_strays(strays: list[Path], folder: Path, plan: PatientPlan, root: Path, shown: int = 8) -> None:
+    """One note naming the files that are not images of the export (they are ignored)."""
+    if not strays:
+        return
+    names = [relative(p, folder) for p in strays]
+    listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+    plan.refuse(f"{len(names)} non-DICOM file{'s' if len(names) > 1 else ''} ignored: {listed}",
+                "none needed (an index, lock or note file is not an image); remove them to silence this note",
+                relative(folder, root), blocking=False)
 
 
 def _matches(rule: SequenceRule, s: SeriesInfo) -> bool:
@@ -293,7 +220,7 @@ def _lazy_tag(s: SeriesInfo, key: str) -> str:
     """A tag that is not in HEADER_TAGS is read from the series' first file on demand."""
     if key not in s.tags:
         ds = pydicom.dcmread(s.files[0], stop_before_pixels=True, specific_tags=[key])
-        s.tags[key] = _tag_text(ds, key)
+        s.tags[key] = tag_text(ds, key)
     return s.tags[key]
 
 
@@ -305,12 +232,34 @@ def _pick(rule: SequenceRule, found: list[SeriesInfo]) -> SeriesInfo | list[Seri
     return max(found, key=lambda s: int(s.tags.get("SeriesNumber") or 0))
 
 
-def _dicom_date(tags: dict[str, str]) -> dt.date | None:
-    for key in ("StudyDate", "SeriesDate", "AcquisitionDate"):
-        text = tags.get(key, "")
-        if re.fullmatch(r"\d{8}", text):
-            return dt.datetime.strptime(text, "%Y%m%d").date()
-    return None
+def _scan_date(s: SeriesInfo, plan: PatientPlan) -> dt.date | None:
+    """The study's date from its T1c's headers; a malformed one is a refusal (or a note, if another is valid)."""
+    date, bad = dicom_date(s.tags)
+    if bad:
+        plan.refuse(f"malformed scan date: {', '.join(bad)} of series {s.label!r} is not a date (YYYYMMDD)"
+                    + (f"; {date} from the next date tag is used" if date else ""),
+                    "fix the date in the export (the PACS or anonymiser wrote it)", blocking=date is None)
+    return date
+
+
+def _usable(s: SeriesInfo, seq: str, plan: PatientPlan, root: Path) -> bool:
+    """Whether a chosen series' headers make a geometry and its pixel data can be decoded."""
+    where = relative(Path(s.files[0]).parent, root)
+    why = s.header_problem()
+    if why:
+        plan.refuse(f"series {s.label!r} ({seq}): {why}", "re-export the series; its geometry headers are broken",
+                    where)
+        return False
+    for uid, path in s.syntaxes.items():
+        if uid and UID(uid).is_compressed and (why := decode_problem(path, uid)):
+            plan.refuse(f"series {s.label!r} ({seq}): {why}", UNCOMPRESSED_FIX, relative(path, root))
+            return False
+    lossy_ = sorted(syntax_name(u) for u in s.syntaxes if lossy(u))
+    if lossy_:
+        plan.refuse(f"series {s.label!r} ({seq}) is stored with possibly lossy compression ({', '.join(lossy_)}); "
+                    "it is decoded and ingested", "none needed; texture features of lossy images may differ, so "
+                    "export uncompressed if you can", where, blocking=False)
+    return True
 
 
 def plan_dicom_patient(cfg: CenterConfig, plan: PatientPlan, folder: Path, key: str) -> None:
@@ -354,12 +303,20 @@ def plan_dicom_patient(cfg: CenterConfig, plan: PatientPlan, folder: Path, key: 
                         "check the export, or widen the regexes under sequences in the center file")
         return
     for study_uid, t1c, t2f in candidates:
+        if not all([_usable(t1c, "t1c", plan, root), _usable(t2f, "t2f", plan, root)]):
+            continue
         for s, seq in ((t1c, "t1c"), (t2f, "t2f")):
             gap = s.slice_gaps()
             if gap:
                 plan.refuse(f"series {s.label!r} ({seq}): {gap}", "re-export the complete series",
                             relative(Path(s.files[0]).parent, root))
         geo = {"t1c": t1c.geometry(), "t2f": t2f.geometry()}
+        broken = [(seq, why) for seq, g in geo.items() if g is not None and (why := g.problem())]
+        for seq, why in broken:
+            plan.refuse(f"series {(t1c if seq == 't1c' else t2f).label!r} ({seq}): {why}",
+                        "re-export the series; its geometry headers are broken")
+        if broken:
+            continue
         masks: dict[str, Path] = {}
         for name in SOURCE_MASKS:
             rule = getattr(cfg.masks, name)
@@ -378,7 +335,7 @@ def plan_dicom_patient(cfg: CenterConfig, plan: PatientPlan, folder: Path, key: 
             continue
         plan.studies.append(StudyPlan(
             study_id=pseudonymise_study(cfg.center, plan.raw_id, study_uid, key),
-            scan_date=_dicom_date(t1c.tags),
+            scan_date=_scan_date(t1c, plan),
             t1c=SourceRef("dicom", tuple(t1c.files), t1c.label, t1c.series_uid),
             t2f=SourceRef("dicom", tuple(t2f.files), t2f.label, t2f.series_uid),
             lesion=SourceRef("file", (str(masks["lesion"]),), relative(masks["lesion"], folder)),

@@ -20,7 +20,7 @@ from atrx.config.center import CenterConfig, MaskRule, SequenceRule
 from atrx.names import SEQUENCES, SOURCE_MASKS
 from ingest.deid import pseudonymise_study
 from ingest.discover.plan import Geometry, PatientPlan, SourceRef, StudyPlan, relative, source_label
-from ingest.masks import check_mask
+from ingest.masks import check_mask, itk_reason
 
 __all__ = ["check_masks", "expand_glob", "file_geometry", "glob_files", "inside_source", "mask_fits",
            "plan_file_patient"]
@@ -140,24 +140,45 @@ def plan_file_patient(cfg: CenterConfig, plan: PatientPlan, folder: Path, key: s
     geo: dict[str, Geometry | None] = {}
     for seq in SEQUENCES:
         try:
-            geo[seq] = file_geometry(str(chosen[seq]))
+            g = file_geometry(str(chosen[seq]))
         except (RuntimeError, ValueError) as e:
-            plan.refuse(f"unreadable image file ({str(e).splitlines()[0][:160]})",
-                        "re-export the file (it may be truncated or not NIfTI/NRRD)", relative(chosen[seq], root))
+            plan.refuse(f"unreadable image file ({itk_reason(e)})",
+                        "re-export the file (it may be truncated, not NIfTI/NRRD, or have a singular orientation "
+                        "matrix)", relative(chosen[seq], root))
+            continue
+        if why := g.problem():
+            plan.refuse(f"{seq} image: {why}", "re-export the file with a valid orientation (affine) and spacing",
+                        relative(chosen[seq], root))
+        else:
+            geo[seq] = g
     if len(geo) < 2:
         return
-    scan_date = plan.clinical.scan_date if plan.clinical else None
     labels = {role: source_label(chosen[role], folder, root) for role in chosen}
-    if cfg.patients.scan_date_regex:
-        m = re.search(cfg.patients.scan_date_regex, labels["t1c"])
-        if m:
-            scan_date = dt.datetime.strptime(m["date"], "%Y%m%d").date()
+    scan_date = _scan_date(cfg, plan, labels["t1c"])
     refs = {role: SourceRef("file", (str(chosen[role]),), labels[role]) for role in chosen}
     plan.studies.append(StudyPlan(
         study_id=pseudonymise_study(cfg.center, plan.raw_id, f"date:{scan_date}", key), scan_date=scan_date,
         t1c=refs["t1c"], t2f=refs["t2f"], lesion=refs["lesion"], tumor=refs["tumor"], geometry=geo,
     ))
 
+
+def _scan_date(cfg: CenterConfig, plan: PatientPlan, label: str) -> dt.date | None:
+    """The date ``patients.scan_date_regex`` finds in the T1c's path, else the clinical sheet's."""
+    scan_date = plan.clinical.scan_date if plan.clinical else None
+    m = re.search(cfg.patients.scan_date_regex, label) if cfg.patients.scan_date_regex else None
+    if m is None or m["date"] is None:
+        return scan_date
+    text = m["date"]
+    try:
+        if not re.fullmatch(r"\d{8}", text):
+            raise ValueError
+        return dt.datetime.strptime(text, "%Y%m%d").date()
+    except ValueError:
+        plan.refuse(f"malformed scan date: patients.scan_date_regex takes {text!r} from {label!r}, which is not a "
+                    "date (YYYYMMDD, e.g. 20200131)",
+                    "fix the folder or file name, or make the regex's date group take the eight digits of the "
+                    r"date, e.g. ses-(?P<date>\d{8})")
+        return None
 
 
 def check_masks(cfg: CenterConfig, plan: PatientPlan) -> None:

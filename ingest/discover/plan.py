@@ -26,6 +26,7 @@ __all__ = [
     "SourceKind",
     "SourceRef",
     "StudyPlan",
+    "output_size",
     "relative",
     "source_label",
 ]
@@ -67,6 +68,26 @@ class Geometry:
             if a.shape != b.shape or np.max(np.abs(a - b)) > tol:
                 out.append(f"{name} {_rounded(a)} vs {_rounded(b)}")
         return out
+
+    def problem(self) -> str | None:
+        """Why this grid cannot be resampled (non-finite numbers, spacing <= 0, a singular or
+        non-orthonormal direction), or None."""
+        numbers = np.asarray([*self.spacing, *self.origin, *self.direction], dtype=float)
+        if not np.all(np.isfinite(numbers)):
+            return f"its header's geometry has non-finite numbers (spacing {self.spacing}, origin {self.origin})"
+        if min(self.spacing) <= 0:
+            return f"its voxel spacing {_rounded(np.asarray(self.spacing))} is not positive"
+        d = np.asarray(self.direction, dtype=float)
+        if d.size != 9 or not np.allclose(d.reshape(3, 3).T @ d.reshape(3, 3), np.eye(3), atol=1e-2):
+            return f"its direction {_rounded(d)} is singular or not orthonormal (a broken orientation header)"
+        return None
+
+
+def output_size(geo: Geometry, spacing_mm: float = 1.0) -> tuple[int, int, int]:
+    """The size of the isotropic ``spacing_mm`` grid the preprocessing resamples over this grid
+    (what :func:`ingest.preprocess.ops.isotropic_reference` builds over the T1c)."""
+    n = [max(1, int(round(k * s / spacing_mm))) for k, s in zip(geo.size, geo.spacing, strict=True)]
+    return n[0], n[1], n[2]
 
 
 def _rounded(values: np.ndarray) -> tuple[float, ...]:

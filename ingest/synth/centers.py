@@ -19,6 +19,11 @@ CENTERS: tuple[str, ...] = ("A", "B", "C")
 REPO_SOURCE = "${ATRX_COHORT:-../.atrx/cohort}/{center}"
 
 
+def synthetic_key(center: str) -> str:
+    """The literal pseudonymisation key of a synthetic center (>= 32 bytes; public, so synthetic only)."""
+    return f"synthetic-{center}-pseudonymisation-key-not-secret"
+
+
 @dataclass(frozen=True)
 class SeriesSpec:
     """One acquired series: naming, grid and scanner behaviour."""
@@ -239,7 +244,8 @@ def center_config(center: str, source: str) -> dict[str, Any]:
                 },
                 "date_formats": ["%Y-%m-%d"],
             },
-            "deid": {"key": "synthetic-A-key"},
+            "synthetic": True,
+            "deid": {"key": synthetic_key("A")},
         }
     if center == "B":
         return {
@@ -278,7 +284,8 @@ def center_config(center: str, source: str) -> dict[str, Any]:
                 },
                 "date_formats": ["%d.%m.%Y"],
             },
-            "deid": {"key": "synthetic-B-key"},
+            "synthetic": True,
+            "deid": {"key": synthetic_key("B")},
         }
     if center == "C":
         return {
@@ -308,7 +315,8 @@ def center_config(center: str, source: str) -> dict[str, Any]:
                 },
                 "date_formats": ["%d/%m/%Y"],
             },
-            "deid": {"key": "synthetic-C-key"},
+            "synthetic": True,
+            "deid": {"key": synthetic_key("C")},
         }
     raise ValueError(f"unknown synthetic center {center!r}; expected one of {CENTERS}")
 
@@ -317,9 +325,10 @@ def center_yaml(center: str, source: str) -> str:
     """The center YAML text (with comments) for ``source``; repo and cohort copies both come from here."""
     body = yaml.safe_dump(center_config(center, source), sort_keys=False, allow_unicode=True, width=100)
     body = body.replace(
-        "\ndeid:\n",
-        "\n# A literal key is acceptable for synthetic data only; real centers use\n"
-        "# `deid: {key_env: ATRX_DEID_KEY}` so the key never sits in a file.\ndeid:\n",
+        "\nsynthetic: true\n",
+        "\n# A literal deid.key is allowed only in a file that says `synthetic: true`; real centers use\n"
+        "# `deid: {key_env: ATRX_DEID_KEY}` (a key of >= 32 bytes) so the key never sits in a file.\n"
+        "synthetic: true\n",
     )
     header = (
         f"# Center {center}: synthetic export written by `ingest.synth` (docs/synthetic_cohort.md).\n"
