@@ -205,3 +205,17 @@ def test_one_development_center_ranks_by_random_cv(frame) -> None:
     assert all(r.loco is None and r.ranking_auc == r.cv_auc for r in res.imaging)
     assert res.to_json()["imaging_models"][0]["loco_auc_mean"] is None
     assert res.to_json()["ranking"]["loco_computed"] is False
+
+
+def test_a_small_cohort_compares_the_calibrated_svm_without_failing() -> None:
+    """About 20 training rows: a fold's training part (one center, in a leave-one-center-out fold)
+    holds fewer than 5 of a class, so the SVM's 5-fold calibration cannot run as configured; it calibrates on as many folds as the rarer
+    class allows, and the comparison reports every classifier (it used to stop the run)."""
+    small = make_frame(seed=3, centers={"A": 14, "B": 14, "C": 10})
+    cfg = study(compare_classifiers=["lr", "svm"], ranking="random")
+    res = run_protocol(small, split(small, cfg), cfg)
+    by_name = {c["classifier"]: c for c in res.to_json()["classifier_comparison"]}
+    assert set(by_name) == {"lr", "svm"}
+    svm = by_name["svm"]
+    assert svm["cv_auc_mean"] is not None and 0.0 <= svm["cv_auc_mean"] <= 1.0
+    assert len(svm["cv_auc_folds"]) == len(by_name["lr"]["cv_auc_folds"])

@@ -249,7 +249,8 @@ class TrainingRun:
             "best imaging model": f"{self.best_label} (mean random {study.imaging.cv_folds}-fold "
                                   f"CV AUC {result.best.cv_auc:.3f})" + ranked_by(result),
             "classifiers on its features (CV AUC)": ", ".join(
-                f"{c['classifier'].upper()} {c['cv_auc_mean']:.3f}"
+                f"{c['classifier'].upper()} " + ("n/a (too few rows of a class)" if c["cv_auc_mean"] is None
+                                                 else f"{c['cv_auc_mean']:.3f}")
                 for c in result.classifier_comparison),
             "fusion cutoff": f"{result.fusion.cutoff_:.3f} ({study.cutoff.policy})",
             "harmonisation": report_line(self.levers.get("harmonisation")),

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 from sklearn.base import clone
+from sklearn.calibration import CalibratedClassifierCV
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import LeaveOneGroupOut
 from sklearn.pipeline import Pipeline
@@ -56,6 +57,23 @@ def _auc(y: np.ndarray, scores: np.ndarray) -> float | None:
     if np.unique(y).size < 2:
         return None
     return float(roc_auc_score(y, scores))
+
+
+def _fit_compared(clf: Any, X: Any, y: np.ndarray) -> Any | None:
+    """``clf`` fitted on (X, y), or None when it cannot be: a calibrated SVM gets as many
+    calibration folds as its rarer class has rows (at most its own, 5), and none below 2."""
+    if isinstance(clf, CalibratedClassifierCV) and isinstance(clf.cv, int):
+        _, counts = np.unique(y, return_counts=True)
+        rarer = int(counts.min()) if counts.size == 2 else 0
+        if rarer < 2:
+            return None
+        clf.set_params(cv=min(clf.cv, rarer))
+    return clf.fit(X, y)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
 
 
 def _scores(model: Any, X: Any, proba_first: bool = False) -> np.ndarray:
@@ -278,8 +296,8 @@ def compare_classifiers(
         aucs: list[float | None] = []
         for (train, test), fold_model in zip(folds, models, strict=True):
             select = fold_model[:-1]
-            clf = clone(classifiers[name]).fit(select.transform(Xtr.iloc[train]), ytr[train])
-            aucs.append(_auc(ytr[test], _scores(clf, select.transform(Xtr.iloc[test]), True)))
+            clf = _fit_compared(clone(classifiers[name]), select.transform(Xtr.iloc[train]), ytr[train])
+            aucs.append(None if clf is None else _auc(ytr[test], _scores(clf, select.transform(Xtr.iloc[test]), True)))
         return aucs
 
     for name in classifiers:
@@ -287,15 +305,13 @@ def compare_classifiers(
         loco = None
         if best.loco is not None:
             given = [best.loco.center_aucs[c] for c in best.loco.centers]
-            per = fold_aucs(name, best.loco.folds, best.loco.fold_models, given)
-            kept = [a for a in per if a is not None]
-            loco = float(np.mean(kept)) if kept else None
-        clf = clone(classifiers[name]).fit(select_final.transform(Xtr), ytr)
-        val_auc = _auc(yval, _scores(clf, select_final.transform(Xval), True)) if len(yval) else None
+            loco = _mean(fold_aucs(name, best.loco.folds, best.loco.fold_models, given))
+        clf = _fit_compared(clone(classifiers[name]), select_final.transform(Xtr), ytr)
+        val_auc = _auc(yval, _scores(clf, select_final.transform(Xval), True)) if len(yval) and clf else None
         out.append(
             {
                 "classifier": name,
-                "cv_auc_mean": float(np.mean(aucs)),
+                "cv_auc_mean": _mean(aucs),
                 "cv_auc_folds": aucs,
                 "loco_auc_mean": loco,
                 "validation_auc": val_auc,
