@@ -21,7 +21,7 @@ from atrx.config.center import CenterConfig
 from atrx.errors import InputError, debug_enabled
 from atrx.locks import exclusive
 from atrx.workspace import Workspace
-from ingest.deid import key_fingerprint, pseudonymise_patient, redact_text
+from ingest.deid import key_fingerprint
 from ingest.discover import CenterPlan, PatientPlan, plan_center
 from ingest.patient import (
     KnownScan,
@@ -30,6 +30,7 @@ from ingest.patient import (
     ingest_patient,
     ingest_versions,
     redacted_folder,
+    redactor_of,
 )
 from ingest.preprocess import PREPROCESS_VERSION, PreprocessParams
 
@@ -76,27 +77,25 @@ class IngestSummary:
         ]
 
 
-def _record_plan_problems(cat: Catalog, run_id: str, plan: CenterPlan, key: str) -> int:
-    """Plan-time refusals go to the quarantine table with pseudonyms and redacted paths."""
+def _record_plan_problems(cat: Catalog, run_id: str, plan: CenterPlan) -> int:
+    """Plan-time refusals go to the quarantine table as the redactors make them: pseudonyms for
+    every raw id (another patient's too), keyed tokens for folder and file names, no absolute path."""
     cfg = plan.config
+    center = plan.redactor
+    assert center is not None, "plan_center sets the redactors"
     refused = 0
     for p in plan.problems:
-        pid = pseudonymise_patient(cfg.center, p.patient, key) if p.patient else None
-        cat.quarantine(run_id, cfg.center, pid, None, p.stage, _redact(p.what, p.patient, pid),
-                       p.fix and _redact(p.fix, p.patient, pid), p.file and _redact(p.file, p.patient, pid), p.blocking)
+        pid = center.ids.get(p.patient) if p.patient else None
+        cat.quarantine(run_id, cfg.center, pid, None, p.stage, center.text(p.what), p.fix and center.text(p.fix),
+                       p.file and center.path(p.file), p.blocking)
     for pp in plan.patients:
         if not pp.ok:
             refused += 1
+        red = center.merged(redactor_of(pp, cfg))
         for p in pp.problems:
-            cat.quarantine(run_id, cfg.center, pp.patient_id, None, p.stage, redact_text(p.what, pp.raw_id, pp.patient_id),
-                           redact_text(p.fix, pp.raw_id, pp.patient_id),
-                           redact_text(p.file, pp.raw_id, pp.patient_id) if p.file else redacted_folder(pp, cfg),
-                           p.blocking)
+            cat.quarantine(run_id, cfg.center, pp.patient_id, None, p.stage, red.text(p.what), red.text(p.fix),
+                           red.path(p.file) if p.file else redacted_folder(pp, cfg), p.blocking)
     return refused
-
-
-def _redact(text: str, raw: str | None, pid: str | None) -> str:
-    return redact_text(text, raw, pid) if raw and pid else text
 
 
 def _clinical_rows(plans: list[PatientPlan]) -> list[dict[str, Any]]:
@@ -135,7 +134,7 @@ def _ingest(cfg: CenterConfig, ws: Workspace, key: str, params: PreprocessParams
             run_id = cat.start_run("ingest", cfg.center, cfg.digest(), params.digest(), ingest_versions())
             _verify_key(cat, cfg.center, fingerprint, record_as=run_id)
             summary = IngestSummary(run_id, cfg.center, len(plan.patients), plan=plan)
-            summary.patients_quarantined = _record_plan_problems(cat, run_id, plan, key)
+            summary.patients_quarantined = _record_plan_problems(cat, run_id, plan)
             summary.clinical_changed = cat.upsert_clinical(cfg.center, run_id, _clinical_rows(plan.patients))
             known = {sid: KnownScan(v, h) for sid, (v, h) in cat.latest_scans(cfg.center).items()}
         status: RunStatus = "ok"
@@ -215,9 +214,8 @@ def _run_tasks(run: _Run, images_root: str, ready: list[PatientPlan], known: dic
             except Exception as e:  # a worker died twice on this patient (memory, segfault in a library)
                 if debug_enabled():  # ATRX_DEBUG=1: the raw error, with its traceback
                     raise
-                outcomes = [StudyOutcome(pp.patient_id, s.study_id, "quarantined", stage="worker",
-                                         reason=redact_text(f"the worker failed: {type(e).__name__}: {e}"[:300],
-                                                            pp.raw_id, pp.patient_id),
+                why = redactor_of(pp, run.cfg).text(f"the worker failed: {type(e).__name__}: {e}")[:300]
+                outcomes = [StudyOutcome(pp.patient_id, s.study_id, "quarantined", stage="worker", reason=why,
                                          fix="re-run the ingest; if it repeats, check the worker logs")
                             for s in pp.studies]
             _record_outcomes(run, outcomes)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -205,9 +206,17 @@ def crop_fits(path: str, reference: Grid | Mapping[str, Any] | Any) -> bool:
     return True
 
 
-def itk_reason(e: BaseException, limit: int = 160) -> str:
-    """The line of a SimpleITK error that says why (``ITK ERROR: ...``), not where it was thrown."""
-    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+def itk_reason(e: BaseException, limit: int = 160, paths: Sequence[str | Path] = ()) -> str:
+    """The line of a SimpleITK error that says why (``ITK ERROR: ...``), not where it was thrown.
+
+    The files read (``paths``) become ``<file>`` before the line is cut to ``limit``: a name cut
+    in half could not be redacted when the message is recorded (the row names the file anyway).
+    """
+    text = str(e)
+    folders = {str(Path(p).parent) for p in paths if Path(p).is_absolute()}
+    for p in sorted({str(p) for p in paths} | folders, key=len, reverse=True):
+        text = text.replace(p, "<file>")
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
     why = [ln for ln in lines if "ERROR" in ln]
     return ((why or lines)[-1] if lines else type(e).__name__)[:limit]
 
@@ -216,7 +225,8 @@ def _read(path: str) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as e:
-        raise MaskError(f"unreadable mask ({itk_reason(e)})", fix="re-export the mask as NIfTI or NRRD") from e
+        raise MaskError(f"unreadable mask ({itk_reason(e, paths=[path])})",
+                        fix="re-export the mask as NIfTI or NRRD") from e
 
 
 def whole_labels(values: np.ndarray, name: str = "mask", tol: float = 1e-3, shown: int = 4) -> np.ndarray:

@@ -27,7 +27,6 @@ from atrx.config.center import CenterConfig
 from atrx.errors import InputError
 from atrx.names import SEQUENCES
 from atrx.workspace import Workspace
-from ingest.deid import pseudonymise_patient
 from ingest.discover import CenterPlan, PatientPlan, StudyPlan
 from ingest.driver import IngestSummary
 from ingest.onboarding_figures import (
@@ -143,16 +142,25 @@ def _refusal(patient: str | None, study: str | None, stage: str, reason: str, fi
 def validate_report(plan: CenterPlan, out_dir: str | Path, progress: ProgressFn | None = None) -> Path:
     """Write ``out_dir/onboarding-<center>.html`` from a dry run's plan; nothing else is written.
 
-    Raw ids are shown (with the pseudonym each will get) and the page says so at the top.
+    Raw ids are shown (with the pseudonym each will get), and raw paths (with what the ingest will
+    record for each: tokens are keyed, so this page is where they can be told apart); the page
+    says so at the top.
     """
     t0 = time.perf_counter()
     cfg = plan.config
     scrub = _source_scrub(cfg)
     pseudonym = {pp.raw_id: pp.patient_id for pp in plan.patients}
     refused, notes = [], []
-    for p in plan.all_problems():
+    owners = [(p, plan.redactor) for p in plan.problems]
+    for pp in plan.patients:
+        red = plan.redactor.merged(pp.redactor) if plan.redactor and pp.redactor else None
+        owners += [(p, red) for p in pp.problems]
+    for p, red in owners:
         who = f"{p.patient} ({pseudonym[p.patient]})" if p.patient in pseudonym else p.patient
-        row = _refusal(who, None, p.stage, scrub(p.what), scrub(p.fix), p.file and scrub(p.file))
+        file = p.file and scrub(p.file)
+        if p.file and red is not None and red.path(p.file) != p.file:
+            file = f"{file} (recorded as {red.path(p.file)})"
+        row = _refusal(who, None, p.stage, scrub(p.what), scrub(p.fix), file)
         (refused if p.blocking else notes).append(row)
     rows, samples = _gather_rows(plan, lambda pp: f"{pp.raw_id} ({pp.patient_id})", None, None, scrub, progress)
     report = Report("validate", cfg.center, [(k, str(v)) for k, v in plan.counts().items()], refused, notes,
@@ -170,24 +178,16 @@ def ingest_report_path(ws: Workspace, center: str, run_id: str) -> str:
 
 
 def _id_scrub(plan: CenterPlan) -> Callable[[str], str]:
-    """Replaces the export's root and every raw id the plan knows (folders and clinical rows) by
-    its pseudonym: the ingest report's last line of defence, after the driver's own redaction."""
-    cfg = plan.config
-    ids = {pp.raw_id: pp.patient_id for pp in plan.patients}
-    if plan.clinical is not None:
-        key = cfg.deid.resolve_key()
-        for raw in set(plan.clinical.records) | plan.clinical.rejected:
-            ids.setdefault(raw, pseudonymise_patient(cfg.center, raw, key))
-    pairs = sorted(((r, p) for r, p in ids.items() if r.strip()), key=lambda rp: -len(rp[0]))
-    root = _source_scrub(cfg)
-
-    def scrub(text: str) -> str:
-        text = root(text)
-        for raw, pid in pairs:
-            text = text.replace(raw, pid)
-        return text
-
-    return scrub
+    """What the ingest records with (:class:`ingest.deid.Redactor`: pseudonyms, keyed tokens for
+    names, no absolute path), for every patient of the plan at once: the report's last line of
+    defence, after the driver's own redaction."""
+    red = plan.redactor
+    if red is None:
+        return _source_scrub(plan.config)
+    for pp in plan.patients:
+        if pp.redactor is not None:
+            red = red.merged(pp.redactor)
+    return red.text
 
 
 def ingest_report(summary: IngestSummary, ws: Workspace, progress: ProgressFn | None = None) -> str:
@@ -200,7 +200,7 @@ def ingest_report(summary: IngestSummary, ws: Workspace, progress: ProgressFn | 
     ids = _id_scrub(plan)
 
     def scrub(text: str) -> str:  # the workspace too: a page that is shared need not say where it lives
-        return ids(text).replace(ws.home, "{home}")
+        return ids(text.replace(ws.home, "{home}"))
 
     refused, notes = [], []
     for q in summary.quarantined:

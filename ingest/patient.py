@@ -1,8 +1,8 @@
 """Ingest one patient: hash, read, preprocess, write. Knows nothing of Dask.
 
 The driver maps :func:`ingest_patient` over a cluster; the function returns outcomes (plain data)
-and the driver records them in the catalog. Nothing here logs or returns a raw id: errors are
-redacted before they leave.
+and the driver records them in the catalog. Nothing here logs or returns a raw id or name: paths,
+labels and errors go through the patient's :class:`~ingest.deid.Redactor` before they leave.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from atrx.errors import DEBUG_ENV, debug_enabled
 from atrx.imagestore import read_attrs, version_path, write_version
 from atrx.names import SEQUENCES, SOURCE_MASKS
 from atrx.versions import INGEST_LIBRARIES, library_versions
-from ingest.deid import redact_path, redact_text
+from ingest.deid import Redactor
 from ingest.discover import PatientPlan, SourceKind, SourceRef, StudyPlan
 from ingest.discover.files import file_sha256
+from ingest.discover.redact import center_redactor, patient_redactor
 from ingest.preprocess import (
     PREPROCESS_VERSION,
     PreprocessedStudy,
@@ -41,6 +42,7 @@ __all__ = [
     "ingest_patient",
     "ingest_versions",
     "redacted_folder",
+    "redactor_of",
     "source_digest",
 ]
 
@@ -66,7 +68,7 @@ class SourceDigest(TypedDict):
     space: NotRequired[str]  # masks: the sequence it was drawn on
     labels: NotRequired[list[int]]  # masks: the label values that count as inside
     segment: NotRequired[str | int]  # masks: the Slicer segment chosen (name or label value), if any
-    label: NotRequired[str]  # the description or file name, redacted
+    label: NotRequired[str]  # a file's path (keyed tokens, pseudonym) or a series description's token
 
 
 @dataclass
@@ -156,12 +158,12 @@ def _preprocess(plan: PatientPlan, study: StudyPlan, cfg: CenterConfig, params: 
         return preprocess_study(t1c, t2f, lesion, cfg.masks.lesion.space, tumor, cfg.masks.tumor.space,
                                 params)
     except (ReadError, PreprocessError) as e:
-        out.stage, out.reason = stage, redact_text(str(e), plan.raw_id, plan.patient_id)
-        out.file = (redact_path(current.files[0], cfg.source_path, plan.raw_id, plan.patient_id)
-                    if stage == "read" else None)
+        red = redactor_of(plan, cfg)
+        out.stage, out.reason = stage, red.text(str(e))
+        out.file = red.path(current.files[0]) if stage == "read" else None
         default = ("re-export the file; it could not be read" if stage == "read" else
                    "check the masks and images of this study (see the reason)")
-        out.fix = redact_text(e.fix, plan.raw_id, plan.patient_id) if e.fix else default
+        out.fix = red.text(e.fix) if e.fix else default
         return None
 
 
@@ -170,8 +172,10 @@ def _ingest_study(plan: PatientPlan, study: StudyPlan, cfg: CenterConfig, images
     t0 = time.perf_counter()
     out = StudyOutcome(plan.patient_id, study.study_id, "quarantined", scan_date=study.scan_date)
     digest, sources = source_digest(study, params.digest(), cfg)
+    red = redactor_of(plan, cfg)
     for role, src in sources.items():
-        src["label"] = redact_text(getattr(study, role).label, plan.raw_id, plan.patient_id)
+        ref: SourceRef = getattr(study, role)
+        src["label"] = red.source_label(ref.kind, ref.label)
     out.source_hash, out.sources = digest, sources
     if known is not None and known.source_hash == digest:
         path = version_path(cfg.center, plan.patient_id, study.study_id, known.version)
@@ -228,9 +232,9 @@ def ingest_patient(plan: PatientPlan, cfg: CenterConfig, images_root: str, param
         except Exception as e:  # the task boundary: wrap with patient and study, redact, keep going
             if debug_enabled():
                 raise
-            detail = redact_text(f"{type(e).__name__}: {e}", plan.raw_id, plan.patient_id)
-            where = redact_text(traceback.format_exc(limit=-1).strip().splitlines()[-2].strip()[:200],
-                                plan.raw_id, plan.patient_id)
+            red = redactor_of(plan, cfg)
+            detail = red.text(f"{type(e).__name__}: {e}")
+            where = red.text(traceback.format_exc(limit=-1).strip().splitlines()[-2].strip())[:200]
             outcomes.append(StudyOutcome(
                 plan.patient_id, study.study_id, "quarantined", scan_date=study.scan_date, stage="internal",
                 reason=f"unexpected error: {detail[:400]} (at {where})",
@@ -239,5 +243,13 @@ def ingest_patient(plan: PatientPlan, cfg: CenterConfig, images_root: str, param
 
 
 def redacted_folder(plan: PatientPlan, cfg: CenterConfig) -> str:
-    """The patient's folder relative to the export, raw id replaced: safe to record."""
-    return redact_path(Path(plan.folder), cfg.source_path, plan.raw_id, plan.patient_id)
+    """The patient's folder as recorded: its pseudonym, under the export's folders' tokens."""
+    return redactor_of(plan, cfg).path(plan.folder)
+
+
+def redactor_of(plan: PatientPlan, cfg: CenterConfig) -> Redactor:
+    """The plan's redactor; one built here for a plan made by hand (tests), from the center's key."""
+    if plan.redactor is None:
+        center = center_redactor(cfg, cfg.deid.resolve_key(), {plan.raw_id: [Path(plan.folder)]}, [])
+        plan.redactor = patient_redactor(center, cfg, plan)
+    return plan.redactor

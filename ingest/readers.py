@@ -56,7 +56,7 @@ def read_image(ref: SourceRef) -> sitk.Image:
     except RuntimeError as e:
         if isinstance(e, ReadError):
             raise
-        first = itk_reason(e, 200)
+        first = itk_reason(e, 200, paths=ref.files)
         uid = _compressed(ref.files[0]) if ref.kind == "dicom" else None
         if uid:
             raise ReadError(f"cannot decode {ref.label!r}, compressed as {syntax_name(uid)}: {first}",
@@ -91,7 +91,7 @@ def read_mask(ref: SourceRef, rule: MaskRule | Sequence[int], reference: sitk.Im
     try:
         image = sitk.ReadImage(ref.files[0])
     except RuntimeError as e:
-        raise ReadError(f"cannot read mask {ref.label!r}: {str(e).strip().splitlines()[-1][:200]}",
+        raise ReadError(f"cannot read mask {ref.label!r}: {itk_reason(e, 200, paths=ref.files)}",
                         fix="re-export the mask as NIfTI or NRRD") from e
     try:
         loaded = mask_from_image(image, MaskSelection.of(rule), reference, name=name,

@@ -62,8 +62,11 @@ def describe_validation_error(exc: ValidationError) -> str:
     """``field: problem`` for each error, without the submitted values or odd keys."""
     parts = []
     for err in exc.errors(include_input=False, include_context=False, include_url=False):
-        loc = ".".join(_shown(p) for p in err.get("loc", ())).replace(".[", "[") or "body"
-        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+        where, msg = list(err.get("loc", ())), err.get("msg", "invalid")
+        if err.get("type") == "extra_forbidden":  # the key itself was submitted: not named
+            where, msg = where[:-1], "an unexpected key (not a field of this body)"
+        loc = ".".join(_shown(p) for p in where).replace(".[", "[") or "body"
+        parts.append(f"{loc}: {msg}")
     return "; ".join(parts)
 
 

@@ -31,7 +31,7 @@ con.close()
 
 
 def _atrx(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "atrx.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "atrx.cli", *args], check=False, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
@@ -52,7 +52,7 @@ def test_other_commands_read_and_write_while_a_job_keeps_its_catalog(tmp_path: P
         other = subprocess.run(  # a second writer (a retrain recording its run) gets the file too
             [sys.executable, "-c", "import sys; from atrx.catalog import Catalog; "
              "print(Catalog(sys.argv[1]).start_run('train', None, None, None, {}))", cat.path],
-            capture_output=True, text=True, timeout=120)
+            check=False, capture_output=True, text=True, timeout=120)
         assert other.returncode == 0, other.stderr
         cat.finish_run(run_id, "ok", {"patients": 0})
         assert {r[0]: r[1] for r in cat.query("select stage, status from runs")} == {"ingest": "ok", "train": "running"}

@@ -5,6 +5,7 @@ are refused, both, as before. Real DICOM files (``ingest.synth.write_dicom_serie
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from atrx.workspace import Workspace
 from ingest.deid import pseudonymise_patient
 from ingest.discover import plan_center
 from ingest.discover.dicom import drop_identical_copies, identical_folders
+from ingest.discover.redact import center_redactor
 from ingest.driver import run_ingest
 
 N_SLICES = 8
@@ -116,14 +118,20 @@ def test_drop_identical_copies_keeps_the_first_by_sorted_path(export: Path) -> N
     shutil.copytree(export / "P013", export / "P099")  # the same images under another id, no row
     entries = {"P013": [export / "P013", export / "P013 - Copy"], "P014": [export / "P014"],
                "P099": [export / "P099"]}
-    notes = drop_identical_copies(entries, {"P013", "P014"}, "D", "k" * 32)
+    notes = drop_identical_copies(entries, {"P013", "P014"})
     assert entries == {"P013": [export / "P013"], "P014": [export / "P014"]}
-    pseudo = pseudonymise_patient("D", "P099", "k" * 32)
     assert notes == {"P013": [f"P013 - Copy: same {2 * N_SLICES} instances as P013, processed once",
-                              f"{pseudo}: same {2 * N_SLICES} instances as P013, processed once"]}
+                              f"P099: same {2 * N_SLICES} instances as P013, processed once"]}
+    # recorded, every folder is its patient's pseudonym (a second folder of one id: with its token)
+    red = center_redactor(_cfg(export), "k" * 32, {"P013": [export / "P013", export / "P013 - Copy"],
+                                                   "P099": [export / "P099"]}, [])
+    p013, p099 = (pseudonymise_patient("D", raw, "k" * 32) for raw in ("P013", "P099"))
+    assert red.text(notes["P013"][1]) == f"{p099}: same {2 * N_SLICES} instances as {p013}, processed once"
+    copy = red.text(notes["P013"][0])
+    assert copy.startswith(f"{p013}#") and copy.endswith(f": same {2 * N_SLICES} instances as {p013}, processed once")
     # another id with a clinical row of its own: two patients claim one set of images, both stay
     entries = {"P013": [export / "P013"], "P099": [export / "P099"]}
-    assert drop_identical_copies(entries, {"P013", "P099"}, "D", "k" * 32) == {}
+    assert drop_identical_copies(entries, {"P013", "P099"}) == {}
     assert entries == {"P013": [export / "P013"], "P099": [export / "P099"]}
 
 
@@ -158,8 +166,10 @@ def test_a_copied_patient_folder_is_validated_and_ingested_once(export: Path, tm
     with duckdb.connect(str(home / "catalog.duckdb"), read_only=True) as con:
         rows = con.execute("select patient_id, reason, blocking from quarantine").fetchall()
     pid = pseudonymise_patient("D", "P013", "k" * 32)
-    assert (pid, note.replace("P013", pid), False) in rows
-    assert not any("P013" in (r[1] or "") for r in rows)  # the raw id is redacted from the catalog
+    # the copy's folder is recorded as the patient's pseudonym with the folder name's keyed token
+    recorded = rf"{pid}#[0-9a-f]{{8}}: same {2 * N_SLICES} instances as {pid}, processed once"
+    assert any(r[0] == pid and re.fullmatch(recorded, r[1]) and not r[2] for r in rows), rows
+    assert not any("P013" in (r[1] or "") or "Copy" in (r[1] or "") for r in rows)  # no raw name in the catalog
 
 
 def test_a_dicom_file_linking_out_of_source_is_refused_not_read(export: Path, tmp_path: Path) -> None:

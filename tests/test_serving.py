@@ -308,7 +308,7 @@ def test_missing_and_null_features_are_422_naming_them(server, model) -> None:
     [
         ("/predict", {}, "patient_id"),
         ("/predict", {"patient_id": 12}, "patient_id"),
-        ("/predict", {"patient_id": "A-1", "extra": 1}, "extra"),
+        ("/predict", {"patient_id": "A-1", "extra": 1}, "unexpected key"),
         ("/predict", {"patient_id": "bad id; drop"}, "patient_id"),
         ("/predict", b"{not json", "Invalid JSON"),
         ("/predict", b"[1, 2]", "PredictRequest"),

@@ -10,6 +10,8 @@ quarantine the patient, the others are notes.
 - :mod:`~ingest.discover.files`: globs (``{patient}``, ``{folder}``, ``{source}/``, kept inside
   ``source``) and image headers, NIfTI/NRRD studies, the mask checks
 - :mod:`~ingest.discover.center`: :func:`plan_center`, the whole center and its clinical sheet
+- :mod:`~ingest.discover.redact`: the plan's redactors (what the ingest records paths and
+  messages with: pseudonyms and keyed tokens, never a raw name)
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from ingest.discover.plan import (
     relative,
     source_label,
 )
+from ingest.discover.redact import center_redactor, patient_redactor
 
 __all__ = ["plan_center"]
 
@@ -58,11 +59,13 @@ def plan_center(cfg: CenterConfig, key: str, read_masks: bool = True, spacing_mm
 
     rx = re.compile(cfg.patients.id_regex)
     entries: dict[str, list[Path]] = defaultdict(list)
+    unmatched: list[Path] = []
     for entry in sorted(root.glob(cfg.patients.glob)):
         if not entry.is_dir() or entry.name.startswith("."):
             continue
         m = rx.search(entry.name)
         if not m:
+            unmatched.append(entry)
             problems.append(Problem(None, f"folder {entry.name!r} does not match patients.id_regex; skipped",
                                     "rename it or widen patients.id_regex", entry.name, blocking=False))
             continue
@@ -70,9 +73,10 @@ def plan_center(cfg: CenterConfig, key: str, read_masks: bool = True, spacing_mm
     if not entries:
         problems.append(Problem(None, f"no patient folders match {cfg.patients.glob!r} under {root}",
                                 "check source and patients.glob"))
+    folders_seen = {raw: list(folders) for raw, folders in entries.items()}  # copies too, for the redactor
+    clinical_ids = set(clinical.records) | clinical.rejected if clinical else set()
     # a byte-identical copy of a folder (``P013 - Copy``) is processed once, noted on the one kept
-    copies = (drop_identical_copies(entries, set(clinical.records) | clinical.rejected if clinical else set(),
-                                    cfg.center, key) if cfg.sequences.is_dicom else {})
+    copies = drop_identical_copies(entries, clinical_ids) if cfg.sequences.is_dicom else {}
 
     plans: list[PatientPlan] = []
     for raw_id, folders in entries.items():
@@ -102,7 +106,7 @@ def plan_center(cfg: CenterConfig, key: str, read_masks: bool = True, spacing_mm
             if debug_enabled():
                 raise
             where = traceback.format_exc(limit=-1).strip().splitlines()[-2].strip()[:200]
-            plan.refuse(f"unexpected error while planning this patient: {type(e).__name__}: {str(e)[:300]} "
+            plan.refuse(f"unexpected error while planning this patient: {type(e).__name__}: {e} "
                         f"(at {where})", f"report it with this message; set {DEBUG_ENV}=1 to see the full traceback")
 
     _flag_duplicate_headers(plans)
@@ -112,7 +116,10 @@ def plan_center(cfg: CenterConfig, key: str, read_masks: bool = True, spacing_mm
         for raw_id in sorted(set(clinical.records) - set(entries)):
             problems.append(Problem(raw_id, "clinical row without images", "check the export for this patient",
                                     relative(cfg.clinical_path, root), blocking=False, stage="clinical"))
-    return CenterPlan(cfg, plans, problems, clinical)
+    center = center_redactor(cfg, key, folders_seen, unmatched, clinical_ids)
+    for plan in plans:  # after every check: they name the files the redactor must know
+        plan.redactor = patient_redactor(center, cfg, plan)
+    return CenterPlan(cfg, plans, problems, clinical, center)
 
 
 def _plan_images(cfg: CenterConfig, plan: PatientPlan, folder: Path, key: str, read_masks: bool,

@@ -15,7 +15,6 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from ingest.deid import pseudonymise_patient
 from ingest.discover.files import file_sha256
 from ingest.discover.plan import PatientPlan, relative
 
@@ -133,15 +132,14 @@ def identical_folders(folders: Iterable[Path]) -> list[FolderCopy]:
     return sorted(out, key=lambda c: c.copy)
 
 
-def drop_identical_copies(entries: dict[str, list[Path]], clinical_ids: Collection[str], center: str,
-                          key: str) -> dict[str, list[str]]:
+def drop_identical_copies(entries: dict[str, list[Path]], clinical_ids: Collection[str]) -> dict[str, list[str]]:
     """Remove from ``entries`` (raw id -> patient folders) every byte-identical copy of a folder.
 
     ``P013 - Copy`` is then processed once, as ``P013``; the notes returned (raw id of the folder
     kept -> notes) say so. A copy under another raw id is dropped too, unless that id has a
     clinical row of its own (``clinical_ids``): two patients claiming one set of images stay for
-    the duplicate checks to refuse. A copy named by another raw id is noted with that id
-    pseudonymised, as the note is recorded under the patient kept.
+    the duplicate checks to refuse. The notes name folders as they are (the plan's redactor
+    records each folder as its patient's pseudonym).
     """
     raw_of = {folder: raw for raw, folders in entries.items() for folder in folders}
     notes: dict[str, list[str]] = defaultdict(list)
@@ -152,8 +150,5 @@ def drop_identical_copies(entries: dict[str, list[Path]], clinical_ids: Collecti
         entries[raw_copy].remove(c.copy)
         if not entries[raw_copy]:
             del entries[raw_copy]
-        note = c.note()
-        if raw_copy != raw_kept:
-            note = note.replace(raw_copy, pseudonymise_patient(center, raw_copy, key))
-        notes[raw_kept].append(note)
+        notes[raw_kept].append(c.note())
     return dict(notes)

@@ -276,6 +276,7 @@ def plan_dicom_patient(cfg: CenterConfig, plan: PatientPlan, folder: Path, key: 
     skip = {p for files in mask_files.values() for p in files}
     series = scan_dicom_folder(folder, skip, plan, root)
     plan.n_series = len(series)
+    plan.header_texts = sorted({s.label for s in series})  # quoted by messages: recorded as tokens
     by_study: dict[str, list[SeriesInfo]] = defaultdict(list)
     for s in series:
         by_study[s.study_uid].append(s)

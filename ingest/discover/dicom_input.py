@@ -140,7 +140,7 @@ def decode_problem(path: str, uid: str) -> str | None:
     try:
         reader.Execute()
     except RuntimeError as e:
-        return f"its pixel data, compressed as {syntax_name(uid)}, cannot be decoded ({itk_reason(e)})"
+        return f"its pixel data, compressed as {syntax_name(uid)}, cannot be decoded ({itk_reason(e, paths=[path])})"
     return None
 
 

@@ -142,7 +142,7 @@ def plan_file_patient(cfg: CenterConfig, plan: PatientPlan, folder: Path, key: s
         try:
             g = file_geometry(str(chosen[seq]))
         except (RuntimeError, ValueError) as e:
-            plan.refuse(f"unreadable image file ({itk_reason(e)})",
+            plan.refuse(f"unreadable image file ({itk_reason(e, paths=[chosen[seq]])})",
                         "re-export the file (it may be truncated, not NIfTI/NRRD, or have a singular orientation "
                         "matrix)", relative(chosen[seq], root))
             continue

@@ -15,6 +15,7 @@ import numpy as np
 
 from atrx.config.center import CenterConfig
 from ingest.clinical import ClinicalRecord, ClinicalSheetResult
+from ingest.deid import Redactor
 
 __all__ = [
     "CenterPlan",
@@ -129,6 +130,11 @@ class PatientPlan:
     clinical: ClinicalRecord | None = None
     problems: list[Problem] = field(default_factory=list)
     n_series: int = 0
+    #: header texts (series descriptions) its messages may quote: recorded as keyed tokens
+    header_texts: list[str] = field(default_factory=list)
+    #: what its recorded paths and messages are made safe with (set by the plan; carries no raw
+    #: name of another patient)
+    redactor: Redactor | None = field(default=None, repr=False)
 
     @property
     def ok(self) -> bool:
@@ -162,6 +168,8 @@ class CenterPlan:
     patients: list[PatientPlan]
     problems: list[Problem]
     clinical: ClinicalSheetResult | None
+    #: the center's redactor: every raw id and patient folder (merge a patient's in for its problems)
+    redactor: Redactor | None = field(default=None, repr=False)
 
     @property
     def blocking(self) -> list[Problem]:
