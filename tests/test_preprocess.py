@@ -243,6 +243,35 @@ def test_register_rigid_recovers_known_pose_and_is_deterministic(phantom):
     assert np.corrcoef(moved[head], fixed[head])[0, 1] > np.corrcoef(stayed[head], fixed[head])[0, 1]
 
 
+def test_sampling_per_level_caps_the_points_each_level_draws() -> None:
+    from ingest.preprocess.fitting import sampling_per_level
+
+    big = sitk.Image(400, 400, 200, sitk.sitkFloat32)  # 32M voxels: 20% would be 6.4M points
+    shipped = PreprocessParams()
+    shares = sampling_per_level(big, shipped)
+    drawn = [share * (400 // f) * (400 // f) * (200 // f) for share, f in zip(shares, shipped.reg_shrink_factors)]
+    assert all(d == pytest.approx(shipped.reg_max_samples) for d in drawn)
+    small = sitk.Image(40, 40, 20, sitk.sitkFloat32)
+    assert sampling_per_level(small, shipped) == [shipped.reg_sampling] * 3  # under the cap: as 1.1.0
+    uncapped = shipped.model_copy(update={"reg_max_samples": None})
+    assert sampling_per_level(big, uncapped) == [uncapped.reg_sampling] * 3
+
+
+def test_a_sample_cap_that_binds_still_recovers_the_pose(phantom):
+    """With a cap far below what 20% of the T1c would draw (here 5k points at the two finer
+    levels, against 12k and 99k), the fit stays within 1 mm of the true pose and near the
+    uncapped fit: the tolerance the 1.2.0 cap (100k, binding on clinical-size T1c) is held to."""
+    t1c, _ = make_scan(phantom, "t1c", T1C_SIZE, T1C_SPACING, slice_samples=2, bias=False, seed=3)
+    t2f, _ = make_scan(phantom, "t2f", T2F_SIZE, T2F_SPACING, direction=RAS,
+                       transform=true_transform(), slice_samples=5, bias=False, seed=4)
+    t2f = reorient(t2f)
+    points = brain_points(phantom)
+    capped = register_rigid(t1c, t2f, PreprocessParams(reg_max_samples=5000))
+    uncapped = register_rigid(t1c, t2f, PreprocessParams(reg_max_samples=None))
+    assert max_point_error(capped, true_transform(), points) < 1.0
+    assert max_point_error(capped, uncapped, points) < 0.5
+
+
 def test_study_registration_within_1mm_over_the_brain(study, phantom):
     (reg,) = [s for s in study.steps if s["step"] == "register_rigid"]
     assert reg["fixed"] == "t1c" and reg["moving"] == "t2f"

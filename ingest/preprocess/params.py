@@ -25,12 +25,14 @@ __all__ = [
 ]
 
 #: 1.1.0: the brain mask keeps the bright class (white matter; ``brain_exclude_bright``), opens
-#: 3 mm, and no longer reads a freed image (which gave empty masks in Dask workers)
-PREPROCESS_VERSION: Final[str] = "1.1.0"
+#: 3 mm, and no longer reads a freed image (which gave empty masks in Dask workers);
+#: 1.2.0: the registration metric draws at most ``reg_max_samples`` points per level
+PREPROCESS_VERSION: Final[str] = "1.2.0"
 #: versions whose step records this code replays to the very same arrays: 1.0.0 differs only in
 #: the brain mask, and a brain_mask record without "exclude_bright" replays the 1.0.0 rule (a
-#: 1.0.0 mask made from freed memory does not match its recorded voxel counts and is refused)
-REPLAYABLE_VERSIONS: Final[tuple[str, ...]] = ("1.0.0", PREPROCESS_VERSION)
+#: 1.0.0 mask made from freed memory does not match its recorded voxel counts and is refused);
+#: 1.1.0 differs only in how the registration was fitted, and its transform is recorded
+REPLAYABLE_VERSIONS: Final[tuple[str, ...]] = ("1.0.0", "1.1.0", PREPROCESS_VERSION)
 
 #: the image a mask was drawn on (and whose transform carries it to the output grid)
 Space = Literal["t1c", "t2f"]
@@ -81,6 +83,9 @@ class PreprocessParams(BaseModel, extra="forbid", frozen=True):
     registration: Literal["rigid", "none"] = "rigid"
     reg_iterations: int = Field(100, ge=1)
     reg_sampling: float = Field(0.2, gt=0, le=1)
+    #: at most this many metric samples per level (None: ``reg_sampling`` of every voxel, 1.1.0);
+    #: at clinical sizes 0.4x the CPU of the uncapped fit, same error (docs/benchmarks.md)
+    reg_max_samples: int | None = Field(100_000, ge=1000)
     reg_seed: int = Field(42, ge=0, lt=2**32)
     reg_bins: int = Field(32, ge=8)
     reg_shrink_factors: tuple[int, ...] = (4, 2, 1)
