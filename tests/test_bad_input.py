@@ -164,6 +164,13 @@ def test_a_cut_compressed_file_is_truncated_and_a_whole_one_is_not(export: Path,
     assert "RLE Lossless" in problem.what and problem.file.endswith(cut.name)
 
 
+def test_a_native_slice_cut_by_less_than_its_header_is_truncated(export: Path, tmp_path: Path) -> None:
+    cut = sorted((export / "P1" / "FLAIR").glob("IM*.dcm"))[2]
+    cut.write_bytes(cut.read_bytes()[:-400])  # still longer than its pixel data alone (24 x 28 x 2 bytes)
+    problem = _one(_plan(tmp_path)["P1"], "truncated DICOM file")
+    assert "its pixel data ends at byte" in problem.what and problem.file.endswith(cut.name)
+
+
 # --- b. stray files --------------------------------------------------------------------------------
 
 

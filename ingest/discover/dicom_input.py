@@ -51,6 +51,8 @@ UNCOMPRESSED_FIX = ("export the series uncompressed (Explicit VR Little Endian) 
 # the last 8 bytes of encapsulated pixel data: the Sequence Delimitation Item (FFFE,E0DD), length 0
 _SEQUENCE_END = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _TAIL_BYTES = 4096
+_PIXEL_DATA = 0x7FE00010
+_UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 def is_stray(path: Path) -> bool:
@@ -130,7 +132,27 @@ def pixel_problem(path: Path, ds: pydicom.Dataset, expected: int) -> tuple[str, 
     if expected and size < expected:
         return (f"truncated DICOM file ({size} bytes, pixel data alone needs {expected})",
                 "re-export the series; the copy was cut short")
+    end = _native_pixels_end(path) if expected else None
+    if end is not None and size < end:  # cut by less than its header: the size alone does not show it
+        return (f"truncated DICOM file ({size} bytes, its pixel data ends at byte {end})",
+                "re-export the series; the copy was cut short")
     return None
+
+
+def _native_pixels_end(path: Path) -> int | None:
+    """Where the file's (native, defined-length) pixel data ends by its header, or None if unknown.
+
+    The value is deferred, not read: pydicom records where it starts and how long it says it is.
+    """
+    try:
+        ds = pydicom.dcmread(path, defer_size=64, specific_tags=["PixelData"])
+        elem = ds.get_item(_PIXEL_DATA, keep_deferred=True)
+    except Exception:  # noqa: BLE001 - an unreadable header is reported by the reader, not here
+        return None
+    length, start = getattr(elem, "length", None), getattr(elem, "value_tell", None)
+    if start is None or not length or length == _UNDEFINED_LENGTH:
+        return None
+    return int(start) + int(length)
 
 
 def decode_problem(path: str, uid: str) -> str | None:
