@@ -51,3 +51,21 @@ def dicom_patient(root: Path, raw: str, study_uid: str, images: tuple[sitk.Image
     sitk.WriteImage(lesion, str(folder / "masks" / "lesion.nii.gz"))
     sitk.WriteImage(tumor, str(folder / "masks" / "tumor.nii.gz"))
     return folder
+
+
+def dicom_center(center: str, source: str, key: str, **over: object) -> dict[str, object]:
+    """A center file (as a dict) for an export of :func:`dicom_patient` folders named ``P<digits>``
+    (a copy ``P013 - Copy`` is P013 too: the id regex is unanchored at the end), with a
+    ``clinical.csv`` of columns id, age, sex (F/M), who, vasari, atrx, path."""
+    return {
+        "center": center, "source": source, "format": "dicom", "synthetic": True, "deid": {"key": key},
+        "patients": {"glob": "P*", "id_regex": r"^(?P<patient>P\d+)"},
+        "sequences": {"t1c": {"dicom": {"SeriesDescription": "POST GD"}},
+                      "t2f": {"dicom": {"SeriesDescription": "FLAIR"}}},
+        "masks": {"lesion": {"glob": "masks/lesion.nii.gz", "space": "t2f"},
+                  "tumor": {"glob": "masks/tumor.nii.gz", "space": "t1c"}},
+        "clinical": {"path": "clinical.csv", "columns": {
+            "patient_id": "id", "age": "age", "sex": "sex", "who_grade": "who", "vasari_score": "vasari",
+            "atrx_status": "atrx", "pathology_date": "path"}, "values": {"sex": {"F": "female", "M": "male"}}},
+        **over,
+    }

@@ -18,7 +18,7 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 import yaml
-from dicom_phantom import dicom_patient, phantom
+from dicom_phantom import dicom_center, dicom_patient, phantom
 from pydicom.encaps import encapsulate
 from pydicom.uid import RLELossless
 
@@ -207,20 +207,8 @@ def _plant_phi(src: Path) -> None:
 
 
 def _center_yaml(root: Path, center: str) -> Path:
-    cfg = {
-        "center": center, "source": f"export/{center}", "format": "dicom", "synthetic": True,
-        "deid": {"key": key_of(center)},
-        # unanchored at the end, as exports are: "P109 - Copy" is patient P109 too
-        "patients": {"glob": "P*", "id_regex": r"^(?P<patient>P\d+)"},
-        "sequences": {"t1c": {"dicom": {"SeriesDescription": "POST GD"}},
-                      "t2f": {"dicom": {"SeriesDescription": "FLAIR"}}},
-        "masks": {"lesion": {"glob": "masks/lesion.nii.gz", "space": "t2f"},
-                  "tumor": {"glob": "masks/tumor.nii.gz", "space": "t1c"}},
-        "clinical": {"path": "clinical.csv", "columns": {
-            "patient_id": "id", "age": "age", "sex": "sex", "who_grade": "who", "vasari_score": "vasari",
-            "atrx_status": "atrx", "pathology_date": "path"}, "values": {"sex": {"F": "female", "M": "male"}}},
-        **({"max_voxels": MAX_VOXELS_C} if center == "C" else {}),
-    }
+    over = {"max_voxels": MAX_VOXELS_C} if center == "C" else {}
+    cfg = dicom_center(center, f"export/{center}", key_of(center), **over)
     path = root / f"{center}.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path

@@ -14,7 +14,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import yaml
-from dicom_phantom import dicom_patient, phantom
+from dicom_phantom import dicom_center, dicom_patient, phantom
 
 from atrx.config.center import CenterConfig, load_center
 from atrx.workspace import Workspace
@@ -42,19 +42,7 @@ def export(tmp_path: Path) -> Path:
     _patient(src, "P014", 14)
     (src / "clinical.csv").write_text("id,age,sex,who,vasari,atrx,path\n"
                                       "P013,50,F,4,70,mutant,2020-01-20\nP014,61,M,3,40,wildtype,2020-02-01\n")
-    cfg = {
-        "center": "D", "source": "export", "format": "dicom", "synthetic": True, "deid": {"key": "k" * 32},
-        # unanchored at the end, as exports are: "P013 - Copy" is patient P013 too
-        "patients": {"glob": "P*", "id_regex": r"^(?P<patient>P\d+)"},
-        "sequences": {"t1c": {"dicom": {"SeriesDescription": "POST GD"}},
-                      "t2f": {"dicom": {"SeriesDescription": "FLAIR"}}},
-        "masks": {"lesion": {"glob": "masks/lesion.nii.gz", "space": "t2f"},
-                  "tumor": {"glob": "masks/tumor.nii.gz", "space": "t1c"}},
-        "clinical": {"path": "clinical.csv", "columns": {
-            "patient_id": "id", "age": "age", "sex": "sex", "who_grade": "who", "vasari_score": "vasari",
-            "atrx_status": "atrx", "pathology_date": "path"},
-            "values": {"sex": {"F": "female", "M": "male"}}},
-    }
+    cfg = dicom_center("D", "export", "k" * 32)
     (tmp_path / "D.yaml").write_text(yaml.safe_dump(cfg))
     return src
 

@@ -249,7 +249,7 @@ def test_sampling_per_level_caps_the_points_each_level_draws() -> None:
     big = sitk.Image(400, 400, 200, sitk.sitkFloat32)  # 32M voxels: 20% would be 6.4M points
     shipped = PreprocessParams()
     shares = sampling_per_level(big, shipped)
-    drawn = [share * (400 // f) * (400 // f) * (200 // f) for share, f in zip(shares, shipped.reg_shrink_factors)]
+    drawn = [share * (400 // f) * (400 // f) * (200 // f) for share, f in zip(shares, shipped.reg_shrink_factors, strict=True)]
     assert all(d == pytest.approx(shipped.reg_max_samples) for d in drawn)
     small = sitk.Image(40, 40, 20, sitk.sitkFloat32)
     assert sampling_per_level(small, shipped) == [shipped.reg_sampling] * 3  # under the cap: as 1.1.0
