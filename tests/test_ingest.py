@@ -193,6 +193,7 @@ def _planted_phi(root: Path) -> list[str]:
     return sorted(v for v in phi if len(v) >= 5)
 
 
+@pytest.mark.slow  # tests/test_no_phi.py holds ingest to a stricter rule on a smaller export
 def test_no_planted_phi_reaches_store_catalog_or_output(cohort: Path, tmp_path: Path) -> None:
     root = _copy(cohort, tmp_path)
     home = tmp_path / "home"
