@@ -188,8 +188,7 @@ class Catalog:
 
     def _one(self, sql: str, params: list[Any] | None = None) -> Any:
         with self.batch() as con:
-            row = con.execute(sql, params or []).fetchone()
-        return row
+            return con.execute(sql, params or []).fetchone()
 
     def _all(self, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
         with self.batch() as con:

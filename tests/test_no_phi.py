@@ -17,7 +17,7 @@ import duckdb
 import pytest
 import SimpleITK as sitk
 import yaml
-from dicom_phantom import phantom
+from dicom_phantom import dicom_center, phantom
 from typer.testing import CliRunner
 
 from atrx.cli import app
@@ -75,17 +75,9 @@ def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (stray / f"{NAME}_{GIVEN}.txt").write_text("notes\n")
     rows = "".join(f"{raw},50,F,4,70,mutant,2020-01-20\n" for raw in FOLDERS)
     (src / "clinical.csv").write_text("id,age,sex,who,vasari,atrx,path\n" + rows)
-    cfg = {
-        "center": "PHI", "source": "export", "format": "dicom", "synthetic": True, "deid": {"key": KEY},
-        "patients": {"glob": "*", "id_regex": r"^(?P<patient>P\d{3})_"},
-        "sequences": {"t1c": {"dicom": {"SeriesDescription": "POST GD"}},
-                      "t2f": {"dicom": {"SeriesDescription": "FLAIR"}}},
-        "masks": {"lesion": {"glob": "masks/*_lesion.nii.gz", "space": "t2f"},
-                  "tumor": {"glob": "masks/*_tumor.nii.gz", "space": "t1c"}},
-        "clinical": {"path": "clinical.csv", "columns": {
-            "patient_id": "id", "age": "age", "sex": "sex", "who_grade": "who", "vasari_score": "vasari",
-            "atrx_status": "atrx", "pathology_date": "path"}, "values": {"sex": {"F": "female"}}},
-    }
+    cfg = dicom_center("PHI", "export", KEY, patients={"glob": "*", "id_regex": r"^(?P<patient>P\d{3})_"},
+                       masks={"lesion": {"glob": "masks/*_lesion.nii.gz", "space": "t2f"},
+                              "tumor": {"glob": "masks/*_tumor.nii.gz", "space": "t1c"}})
     (src.parent / "PHI.yaml").write_text(yaml.safe_dump(cfg))
     return src
 
