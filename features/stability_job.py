@@ -3,9 +3,10 @@
 One run:
 
 1. reads the latest study versions from the catalog (read-only, one short connection, so it runs
-   beside ``atrx features``) and draws a seeded sample of ``patients`` patients, one study each
-   (their earliest); the draw is a prefix of one seeded permutation, so a larger sample with the
-   same seed contains the smaller one;
+   beside ``atrx features``), keeps those of ``centers`` (the study's development centers, so the
+   test center's images never choose the features) and draws a seeded sample of ``patients``
+   patients, one study each (their earliest); the draw is a prefix of one seeded permutation, so
+   a larger sample with the same seed contains the smaller one;
 2. submits one task per patient x ROI x sequence (:func:`stability_task`), which computes the
    radiomics features of every condition of :func:`features.stability.perturbed` with the shipped
    parameter file; a ROI that cannot give features is skipped and counted, never fatal;
@@ -77,6 +78,7 @@ class StabilitySummary:
     patients_requested: int
     patients: list[str] = field(default_factory=list)
     scanned_patients: int = 0
+    centers: list[str] = field(default_factory=list)  # the centers sampled from
     results: Counter[str] = field(default_factory=Counter)  # ok / failed / error
     skipped: list[tuple[str, str, str]] = field(default_factory=list)  # patient, view, reason
     conditions_left_out: int = 0
@@ -90,7 +92,8 @@ class StabilitySummary:
         share = (lambda t: f"{np.mean(finite >= t):.1%}") if finite.size else (lambda t: "n/a")
         return [
             ("radiomics feature version", self.radiomics_version),
-            ("patients (sampled / scanned)", f"{len(self.patients)} / {self.scanned_patients}"),
+            ("centers sampled", ", ".join(self.centers) or "-"),
+            ("patients (sampled / scanned there)", f"{len(self.patients)} / {self.scanned_patients}"),
             ("ROIs computed", str(self.results["ok"])),
             ("ROIs skipped", str(self.results["failed"] + self.results["error"])),
             ("conditions left out (too few voxels)", str(self.conditions_left_out)),
@@ -151,10 +154,13 @@ def stability_task(images_root: str, zarr_path: str, roi: str, sequence: str,
 
 def run_stability(ws: Workspace, patients: int = 30, seed: int = 0, workers: int | None = None,
                   scheduler: str | None = None, progress: ProgressFn | None = None,
-                  params: Mapping[str, Any] | None = None) -> StabilitySummary:
+                  params: Mapping[str, Any] | None = None,
+                  centers: Sequence[str] | None = None) -> StabilitySummary:
     """Measure the ICC(2,1) of every radiomics feature under the perturbations; write the table.
 
-    ``params`` replaces the shipped parameter file (tests; its table gets its own version).
+    ``centers``: sample only these centers' patients (None: every center; the table records which,
+    and training refuses one that sampled a test center). ``params`` replaces the shipped
+    parameter file (tests; its table gets its own version).
     """
     t0 = time.perf_counter()
     if patients < 2:
@@ -163,9 +169,11 @@ def run_stability(ws: Workspace, patients: int = 30, seed: int = 0, workers: int
     version = radiomics_version(params)
     with Catalog(ws.catalog, read_only=True) as cat:
         studies = cat.latest_study_versions()
+    studies = _of_centers(studies, centers, ws)
+    sampled_from = sorted({s.center for s in studies})
     chosen = sample_studies(studies, patients, seed)
     summary = StabilitySummary(version, patients, [s.patient_id for s in chosen],
-                               len({s.patient_id for s in studies}))
+                               len({s.patient_id for s in studies}), sampled_from)
     if len(chosen) < 2:
         raise DataError(f"the catalog at {ws.catalog} has {len(chosen)} scanned patient(s); "
                         "an ICC needs at least 2", fix="ingest more patients with `atrx ingest`")
@@ -178,6 +186,7 @@ def run_stability(ws: Workspace, patients: int = 30, seed: int = 0, workers: int
     summary.seconds = time.perf_counter() - t0
     meta = {
         "seed": seed, "patients_requested": patients, "patients": summary.patients,
+        "centers": sampled_from, "centers_requested": None if centers is None else sorted(centers),
         "studies": [f"{s.patient_id}/{s.study_id}/v{s.version}" for s in chosen],
         "conditions": list(CONDITIONS), "perturbations": PERTURBATIONS, "min_voxels": MIN_VOXELS,
         "icc": ICC_KIND, "engine": engine_label(params), "radiomics_version": version,
@@ -189,6 +198,20 @@ def run_stability(ws: Workspace, patients: int = 30, seed: int = 0, workers: int
     }
     summary.path = write_stability(ws, version, frame, meta)
     return summary
+
+
+def _of_centers(studies: Sequence[StudyVersion], centers: Sequence[str] | None,
+                ws: Workspace) -> list[StudyVersion]:
+    """The studies of ``centers`` (all when None); a center with no scans is bad input."""
+    if centers is None:
+        return list(studies)
+    known = sorted({s.center for s in studies})
+    unknown = sorted(set(centers) - set(known))
+    if unknown:
+        raise InputError(f"--centers names {', '.join(unknown)}, which the catalog at {ws.catalog} "
+                         f"has no scans of (centers with scans: {', '.join(known) or 'none'})",
+                         fix="name the study's development centers, e.g. --centers A,B")
+    return [s for s in studies if s.center in set(centers)]
 
 
 def _compute(ws: Workspace, chosen: Sequence[StudyVersion], params: Mapping[str, Any],

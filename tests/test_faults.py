@@ -56,6 +56,8 @@ baseline:
   enabled: false
 diagnostics:
   bootstrap: 0
+stability:
+  min_icc: null  # the Original-only parameter file below is not the shipped one `atrx stability` measures
 """
 RAD_VIEWS = [view_name(k, r, s) for k, r, s in all_views() if k == "rad"]
 runner = CliRunner()

@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pandas as pd
 import pytest
+from stable_table import write_all_stable
 
 from atrx.workspace import Workspace
 
@@ -107,6 +108,7 @@ def build_workspace(home: Path, seed: int = 0) -> Workspace:
         {**dict.fromkeys(VIEWS, "test-v1"), "clinical": "v1", "labels": "v1"},
         feature_names={v: feature_names(v) for v in VIEWS},
     )
+    write_all_stable(ws, {v: feature_names(v) for v in VIEWS})
     return ws
 
 

@@ -26,7 +26,7 @@ from atrx.names import ROIS, SEQUENCES, view_name
 from atrx.stability import COLUMNS, META_KEY, read_stability, stability_path, write_stability
 from atrx.workspace import Workspace
 from features.errors import FeatureError
-from features.radiomics import feature_count
+from features.radiomics import feature_count, load_params
 from features.stability import CONDITIONS, MIN_VOXELS, icc, icc_features, icc_table, perturbed
 from features.stability_job import run_stability, sample_studies, stability_task
 from features.versioning import radiomics_version
@@ -240,6 +240,7 @@ def test_run_records_how_the_table_was_made(stability_run) -> None:
     version = radiomics_version(reduced_params())
     meta = read_stability(ws, version).attrs["stability"]
     assert meta["seed"] == 0 and meta["patients"] == summary.patients and len(meta["patients"]) == 4
+    assert meta["centers"] == [CENTER] and meta["centers_requested"] is None  # every center
     assert meta["radiomics_version"] == version and meta["engine"].startswith("atrx")
     assert set(meta["perturbations"]) == set(CONDITIONS) and meta["icc"].startswith("ICC(2,1)")
     assert {"numpy", "SimpleITK", "python", "atrx"} <= set(meta["libraries"]) and meta["created_at"]
@@ -257,9 +258,15 @@ def test_cli_runs_and_reports(stability_run, cluster) -> None:  # noqa: F811
     ws, _, _ = stability_run
     runner = CliRunner()
     done = runner.invoke(app, ["stability", "--home", ws.home, "--patients", "2", "--seed", "1",
-                               "--scheduler", cluster.scheduler.address])
+                               "--centers", CENTER, "--scheduler", cluster.scheduler.address])
     # the shipped parameter file: its own version and table beside the reduced one's
     assert done.exit_code == 0, done.output
     assert "stability summary" in done.output and "median ICC(2,1)" in done.output
+    assert "centers sampled" in done.output
+    meta = read_stability(ws, radiomics_version(load_params())).attrs["stability"]
+    assert meta["centers"] == meta["centers_requested"] == [CENTER]
+    # a center without scans is bad input naming it, before any cluster work
+    unknown = runner.invoke(app, ["stability", "--home", ws.home, "--centers", f"{CENTER},Z"])
+    assert unknown.exit_code == 2 and "Z" in unknown.output and f"centers with scans: {CENTER}" in unknown.output
     empty = runner.invoke(app, ["stability", "--home", str(ws.home) + "-missing"])
     assert empty.exit_code == 2 and "atrx ingest" in empty.output

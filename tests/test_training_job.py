@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from stable_table import write_all_stable
 
 from atrx.catalog import Catalog
 from atrx.config.base import ConfigError
@@ -129,6 +130,7 @@ def build_workspace(home: Path, seed: int = 0) -> Workspace:
     labels = cohort["labels"].assign(pathology_date=cohort["labels"]["pathology_date"].dt.date)
     export_clinical_and_labels(ws, cohort["clinical"], labels, CREATED)
     apply(ws, {**versions, "clinical": "v1", "labels": "v1"}, feature_names=names)
+    write_all_stable(ws, names)
     return ws
 
 

@@ -38,6 +38,7 @@ from training.dataset import LABEL, TrainingDataError
 from training.delong import delong_ci
 from training.protocol import ProgressFn
 from training.run import Trained, is_bad_input, train
+from training.stability_filter import StabilityRunner
 from training.study import load_study
 
 __all__ = ["OVERRIDE_REASON", "RetrainSummary", "decide", "production_frame", "run_retrain"]
@@ -213,6 +214,7 @@ def run_retrain(
     study_path: str | Path | None = None,
     progress: ProgressFn | None = None,
     promote_below_floor: bool = False,
+    stability_runner: StabilityRunner | None = None,
 ) -> RetrainSummary:
     """Train a candidate and decide (see the module docstring); never raises for a bad run, so a
     scheduler always gets an exit code. One log line on ``atrx.retrain`` per decision.
@@ -227,7 +229,7 @@ def run_retrain(
         study = load_study(study_path)
         margin = study.promotion.margin
         current = registry.production(ws)
-        trained = train(ws, as_of, study, study_path, progress)
+        trained = train(ws, as_of, study, study_path, progress, stability_runner)
         summary = decide(ws, trained, current, margin, floor=study.promotion.first_model_auc_floor,
                          promote_below_floor=promote_below_floor)
     except Exception as exc:  # the exit code must say what happened, not crash the scheduler

@@ -36,7 +36,7 @@ from training.artifacts import (
 from training.dataset import resolve_as_of, split, training_frame
 from training.diagnostics import diagnose
 from training.protocol import ProgressFn, run_protocol
-from training.stability_filter import apply_stability
+from training.stability_filter import StabilityRunner, apply_stability
 from training.study import StudyConfig, load_study
 
 __all__ = ["Trained", "is_bad_input", "run_train", "train"]
@@ -61,8 +61,11 @@ def train(
     study: StudyConfig,
     study_path: str | Path | None,
     progress: ProgressFn | None = None,
+    stability_runner: StabilityRunner | None = None,
 ) -> Trained:
-    """One training run of a loaded study (``run_train`` and ``run_retrain`` share it)."""
+    """One training run of a loaded study (``run_train`` and ``run_retrain`` share it).
+
+    ``stability_runner`` measures a missing feature-stability table (the CLI passes one)."""
     from feature_repo.store import registered_versions
 
     t0 = time.perf_counter()
@@ -87,8 +90,10 @@ def train(
         say(f"training frame: {data.n_rows} patients x {data.frame.shape[1]} columns "
             f"({timings['features']:.0f} s); fitting {len(study.imaging_models())} imaging models")
         t = time.perf_counter()
-        data.frame, stability = apply_stability(data.frame, ws, data.feature_versions,
-                                                study.stability.min_icc)
+        data.frame, stability = apply_stability(
+            data.frame, ws, data.feature_versions, study.stability.min_icc,
+            study.split.development_centers, study.stability.patients, study.stability.seed,
+            stability_runner)
         if stability is not None:
             say(f"stability filter (ICC >= {stability.min_icc}): {stability.kept} radiomics "
                 f"features kept, {len(stability.dropped)} dropped")
@@ -140,9 +145,10 @@ def run_train(
     as_of: str | dt.date | dt.datetime | None = None,
     study_path: str | Path | None = None,
     progress: ProgressFn | None = None,
+    stability_runner: StabilityRunner | None = None,
 ) -> TrainSummary:
     """Train the study on the labels known at ``as_of``; write the run; register a candidate.
 
     ``progress(message)`` is called at each step (the CLI prints it: a run takes minutes)."""
     study = load_study(study_path)
-    return train(ws, as_of, study, study_path, progress).summary
+    return train(ws, as_of, study, study_path, progress, stability_runner).summary

@@ -189,10 +189,14 @@ class HarmonisationConfig(StrictModel):
 
 class StabilityConfig(StrictModel):
     """Keep only radiomics features that are stable under small mask and grid perturbations (not
-    in the paper; issue 12). ``min_icc``: the ICC(2,1) a radiomics feature needs in the table
-    ``atrx stability`` writes (``null``: no filter). Deep features are not filtered."""
+    in the paper; issue 12: the lever that moved held-out-center AUC, docs/training.md).
+    ``min_icc``: the ICC(2,1) a radiomics feature needs in the table ``atrx stability`` writes
+    (``null``: no filter, the paper's protocol). Deep features are not filtered. ``patients`` and
+    ``seed``: the development-center sample ``atrx train`` measures when the table is missing."""
 
-    min_icc: float | None = Field(None, ge=0.0, le=1.0)
+    min_icc: float | None = Field(0.75, ge=0.0, le=1.0)
+    patients: int = Field(10, ge=2)
+    seed: int = 0
 
 
 class PromotionConfig(StrictModel):

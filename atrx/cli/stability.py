@@ -13,6 +13,10 @@ def stability(
     home: HomeOpt = None,
     patients: Annotated[int, typer.Option("--patients", min=2, help="patients sampled from the catalog")] = 30,
     seed: Annotated[int, typer.Option("--seed", help="seed of the patient sample")] = 0,
+    centers: Annotated[str | None, typer.Option(
+        "--centers", help="comma-separated centers to sample (the study's development centers, "
+                          "e.g. A,B); default: every center, which training refuses when it "
+                          "includes a test center")] = None,
     workers: WorkersOpt = None,
     scheduler: SchedulerOpt = None,
 ) -> None:
@@ -21,18 +25,30 @@ def stability(
     from atrx.workspace import Workspace
 
     run_stability_cli(console(), Workspace.at(home), patients=patients, seed=seed, workers=workers,
-                      scheduler=scheduler)
+                      scheduler=scheduler, centers=_split_centers(centers))
+
+
+def _split_centers(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if not names:
+        from atrx.errors import InputError
+
+        raise InputError(f"--centers {text!r} names no center", fix="pass e.g. --centers A,B")
+    return names
 
 
 def run_stability_cli(con: Any, ws: Any, *, patients: int = 30, seed: int = 0,
-                      workers: int | None = None, scheduler: str | None = None) -> Any:
+                      workers: int | None = None, scheduler: str | None = None,
+                      centers: list[str] | None = None) -> Any:
     """Run the stability job with a progress bar; print skipped ROIs and the summary."""
     from atrx.ui import kv_table, progress_bar, rows_table
     from features.stability_job import run_stability
 
     with progress_bar(con, "perturbed radiomics", 1) as update:
         summary = run_stability(ws, patients=patients, seed=seed, workers=workers,
-                                scheduler=scheduler, progress=update)
+                                scheduler=scheduler, progress=update, centers=centers)
     if summary.skipped:
         con.print(rows_table(f"ROIs skipped ({len(summary.skipped)})", ["patient", "view", "reason"],
                              summary.skipped, max_rows=40))

@@ -16,10 +16,36 @@ def train(home: HomeOpt = None, as_of: AsOfOpt = None, study: StudyOpt = None) -
     from training.run import run_train
 
     con = console()
-    summary = run_train(Workspace.at(home), as_of=as_of, study_path=study, progress=step_printer(con))
+    ws = Workspace.at(home)
+    summary = run_train(ws, as_of=as_of, study_path=study, progress=step_printer(con),
+                        stability_runner=stability_runner(con, ws))
     print_tables(con, summary.tables())
     con.print(kv_table("training summary", summary.rows()))
     con.print(f"report: {summary.report_path}")
+
+
+def stability_runner(con: Any, ws: Any) -> Any:
+    """Measure a missing (or test-center-sampled) feature-stability table before training: the
+    study's ``stability`` filter needs it, and only the features stage can compute radiomics."""
+
+    def run(version: str, centers: list[str], patients: int, seed: int) -> None:
+        from atrx.cli.stability import run_stability_cli
+        from atrx.errors import InputError
+        from features.radiomics import load_params
+        from features.versioning import radiomics_version
+
+        current = radiomics_version(load_params())
+        if current != version:
+            raise InputError(f"the radiomics features in Feast are version {version}, but the "
+                             f"parameter file now gives {current}: a stability table cannot be "
+                             "measured for features the parameter file no longer makes",
+                             fix="rerun `atrx features` so Feast holds the current version")
+        con.print(f"measuring feature stability of {version} on {patients} patients of centers "
+                  f"{', '.join(centers)} (`atrx stability --centers {','.join(centers)}`)",
+                  highlight=False)
+        run_stability_cli(con, ws, patients=patients, seed=seed, centers=centers)
+
+    return run
 
 
 PromoteBelowFloorOpt = Annotated[bool, typer.Option(
@@ -54,7 +80,8 @@ def run_retrain_cli(con: Any, ws: Any, *, as_of: str | None = None, study: Any =
     from training.promotion import run_retrain
 
     summary = run_retrain(ws, as_of=as_of, study_path=study, progress=step_printer(con),
-                          promote_below_floor=promote_below_floor)
+                          promote_below_floor=promote_below_floor,
+                          stability_runner=stability_runner(con, ws))
     print_tables(con, summary.tables())
     con.print(kv_table("retrain decision", summary.rows()))
     if summary.override:
