@@ -16,7 +16,7 @@ from typing import Any
 from atrx.names import all_views, view_name
 from atrx.workspace import Workspace
 from features.deep import WeightsSpec, deep_feature_names, load_resnet34
-from features.radiomics import check_params, load_params, params_hash, radiomics_feature_names
+from features.radiomics import check_params, load_params, params_hash, view_feature_names
 from features.versioning import (
     deep_params_hash,
     deep_version,
@@ -133,6 +133,6 @@ def _schemas(params: Mapping[str, Any], kinds: tuple[str, ...]) -> dict[str, lis
     out = {}
     for kind, roi, seq in all_views():
         if kind in kinds:
-            out[view_name(kind, roi, seq)] = (radiomics_feature_names(roi, seq, params) if kind == "rad"
+            out[view_name(kind, roi, seq)] = (view_feature_names(roi, seq, params) if kind == "rad"
                                               else deep_feature_names(roi, seq))
     return out

@@ -37,7 +37,7 @@ from features.errors import FeatureError, RadiomicsParamsError
 
 DEFAULT_PARAMS_PATH = Path(__file__).resolve().parent / "params" / "radiomics.yaml"
 
-_TOP_LEVEL_KEYS = frozenset({"imageType", "featureClass", "setting", "engine"})
+_TOP_LEVEL_KEYS = frozenset({"imageType", "featureClass", "setting", "engine", "reference"})
 #: engines of the ``engine`` key
 ENGINES = ("atrx", "pyradiomics")
 #: the engine of a parameter file without the key (files from before the engine existed)
@@ -94,6 +94,9 @@ def check_params(params: Any, source: str = "params") -> None:
         raise RadiomicsParamsError(
             f"{source}: engine must be one of {list(ENGINES)}, got {engine!r}",
             fix="set engine: atrx (ours) or engine: pyradiomics (the reference)")
+    from features.reference import reference_settings
+
+    reference_settings(params, source)
     label = (params.get("setting") or {}).get("label", 1)
     if label != 1:
         raise RadiomicsParamsError(
@@ -117,14 +120,16 @@ def engine_of(params: Mapping[str, Any]) -> str:
 
 
 def pyradiomics_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """``params`` without the ``engine`` key: the PyRadiomics parameter file both engines read."""
-    return {k: v for k, v in params.items() if k != "engine"}
+    """``params`` without our own keys (``engine``, ``reference``): the PyRadiomics parameter file
+    both engines read."""
+    return {k: v for k, v in params.items() if k not in ("engine", "reference")}
 
 
 def params_hash(params: Mapping[str, Any]) -> str:
-    """sha256 of the canonical JSON of the PyRadiomics settings (the engine is hashed apart, by
-    :func:`features.versioning.radiomics_version`): the same settings always give the same id."""
-    return hashlib.sha256(_canonical_json(pyradiomics_params(params)).encode("utf-8")).hexdigest()
+    """sha256 of the canonical JSON of the settings, ``reference`` included (the engine is hashed
+    apart, by :func:`features.versioning.radiomics_version`): the same settings give the same id."""
+    return hashlib.sha256(_canonical_json({k: v for k, v in params.items() if k != "engine"})
+                          .encode("utf-8")).hexdigest()
 
 
 def extract_radiomics(
@@ -191,7 +196,7 @@ def extract_radiomics_rois(
 def _canonical(raw: Mapping[str, float], roi: str, sequence: str, params: Mapping[str, Any],
                what: str) -> dict[str, float]:
     """PyRadiomics' keys -> canonical names, refusing a result without exactly the expected keys."""
-    expected = _pyradiomics_keys(_canonical_json(params))
+    expected = _pyradiomics_keys(_canonical_json(pyradiomics_params(params) | _engine(params)))
     if len(raw) != len(expected) or not all(key in raw for key in expected):
         missing = [k for k in expected if k not in raw]
         extra = sorted(set(raw) - set(expected))
@@ -254,14 +259,27 @@ def radiomics_feature_names(
     """The exact ordered canonical names :func:`extract_radiomics` returns for ``params``."""
     params = load_params() if params is None else params
     view_name("rad", roi, sequence)
-    keys = _pyradiomics_keys(_canonical_json(params))
+    keys = _pyradiomics_keys(_canonical_json(pyradiomics_params(params) | _engine(params)))
     return [radiomics_feature_name(roi, sequence, key) for key in keys]
+
+
+def view_feature_names(roi: str, sequence: str, params: Mapping[str, Any] | None = None) -> list[str]:
+    """A radiomics view's columns: the features, then the reference-tissue columns when the
+    parameter file has a ``reference`` block (:mod:`features.reference`)."""
+    from features.reference import reference_feature_names
+
+    params = load_params() if params is None else params
+    return radiomics_feature_names(roi, sequence, params) + reference_feature_names(roi, sequence, params)
+
+
+def _engine(params: Mapping[str, Any]) -> dict[str, Any]:
+    return {"engine": params["engine"]} if "engine" in params else {}
 
 
 def feature_count(params: Mapping[str, Any] | None = None) -> int:
     """Number of features per ROI for ``params`` (1130 for the repository's parameter file)."""
     params = load_params() if params is None else params
-    return len(_pyradiomics_keys(_canonical_json(params)))
+    return len(_pyradiomics_keys(_canonical_json(pyradiomics_params(params) | _engine(params))))
 
 
 def _canonical_json(params: Mapping[str, Any]) -> str:

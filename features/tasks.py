@@ -33,6 +33,13 @@ from features.deep import (
 )
 from features.errors import FeatureError
 from features.radiomics import extract_radiomics, extract_radiomics_rois
+from features.reference import (
+    ReferenceSettings,
+    reference_settings,
+    reference_stats,
+    reference_values,
+    shell_mask,
+)
 
 #: (images_root, zarr_path, roi, sequence): one crop of a deep batch
 DeepItem = tuple[str, str, str, str]
@@ -90,11 +97,14 @@ def radiomics_task(images_root: str, zarr_path: str, roi: str, sequence: str,
     t0 = time.perf_counter()
     view = view_name("rad", roi, sequence)
     try:
-        arrays, attrs = load_scan(images_root, zarr_path, [sequence, roi])
+        reference = reference_settings(params)
+        arrays, attrs = load_scan(images_root, zarr_path, _rad_arrays([sequence, roi], reference))
         geometry = attrs["geometry"]
         image = to_sitk(arrays[sequence], geometry)
         mask = to_sitk(arrays[roi], geometry)
         values = extract_radiomics(image, mask, roi, sequence, params)
+        if reference is not None:
+            values |= reference_values(roi, sequence, _reference(arrays, geometry, sequence, reference, {}))
     except FeatureError as e:
         return _result("failed", None, f"{view} of {zarr_path}: {e}", t0)
     except Exception as e:  # noqa: BLE001 - the task boundary: report, let the driver record it
@@ -115,8 +125,10 @@ def radiomics_study_task(images_root: str, zarr_path: str, items: Sequence[RadIt
     """
     t0 = time.perf_counter()
     results: dict[RadItem, TaskResult] = {}
+    shells: dict[str, np.ndarray] = {}
     try:
-        names = sorted({n for item in items for n in item})
+        reference = reference_settings(params)
+        names = _rad_arrays(sorted({n for item in items for n in item}), reference)
         arrays, attrs = load_scan(images_root, zarr_path, names)
         geometry = attrs["geometry"]
     except Exception as e:  # noqa: BLE001 - the task boundary: every item reports it
@@ -131,6 +143,10 @@ def radiomics_study_task(images_root: str, zarr_path: str, items: Sequence[RadIt
             image = to_sitk(arrays[sequence], geometry)
             got = extract_radiomics_rois(
                 image, {roi: to_sitk(arrays[roi], geometry) for roi in rois}, sequence, params)
+            if reference is not None:
+                stats = _reference(arrays, geometry, sequence, reference, shells)
+                got = {roi: v if isinstance(v, Exception) else v | reference_values(roi, sequence, stats)
+                       for roi, v in got.items()}
         except Exception as e:  # noqa: BLE001 - the task boundary
             if debug_enabled():
                 raise
@@ -146,6 +162,21 @@ def radiomics_study_task(images_root: str, zarr_path: str, items: Sequence[RadIt
             else:
                 results[(roi, sequence)] = TaskResult("ok", value, None, share)
     return [results[(roi, seq)] for roi, seq in items]
+
+
+def _rad_arrays(names: Sequence[str], reference: ReferenceSettings | None) -> list[str]:
+    """The arrays a radiomics task reads: its sequences and ROIs, and for the reference tissue
+    the brain mask and the overall lesion."""
+    return sorted({*names, "brain", "overall"}) if reference is not None else list(names)
+
+
+def _reference(arrays: Mapping[str, np.ndarray], geometry: Mapping[str, Any], sequence: str,
+               settings: ReferenceSettings, shells: dict[str, np.ndarray]) -> dict[str, float]:
+    """The reference-tissue statistics of ``sequence`` (the shell is computed once per study)."""
+    if "shell" not in shells:
+        spacing_zyx = [float(v) for v in reversed(geometry["spacing"])]
+        shells["shell"] = shell_mask(arrays["overall"], arrays["brain"], spacing_zyx, settings.shell_mm)
+    return reference_stats(arrays[sequence], shells["shell"], settings.min_voxels)
 
 
 def cached_model(weights_spec: str, device: str) -> tuple[Any, str]:

@@ -30,7 +30,8 @@ from atrx.workspace import Workspace
 from features.deep import N_DEEP_FEATURES, deep_feature_names
 from features.errors import WeightsNotFoundError
 from features.job import run_features
-from features.radiomics import feature_count, load_params, radiomics_feature_names
+from features.radiomics import feature_count, load_params, view_feature_names
+from features.reference import reference_stats, shell_mask
 from features.tasks import radiomics_task
 from features.versioning import deep_version, radiomics_version
 
@@ -158,12 +159,33 @@ def test_radiomics_task_reports_a_bad_roi_instead_of_raising(tmp_path) -> None:
     missing = radiomics_task(root, "c1/A-x/S-x/v9", "tumor", "t1c", reduced_params())
     assert missing.status == "error" and "v9" in missing.reason
     ok = radiomics_task(root, path, "tumor", "t2f", reduced_params())
-    assert ok.status == "ok" and len(ok.values) == feature_count(reduced_params())
+    assert ok.status == "ok" and len(ok.values) == feature_count(reduced_params()) + 3
+    # the reference tissue: brain within 10 mm of the overall lesion, outside it (features/reference.py)
+    arrays = study_arrays(0, False)
+    shell = shell_mask(arrays["overall"], arrays["brain"], list(reversed(GEOMETRY["spacing"])), 10.0)
+    expected = reference_stats(arrays["t2f"], shell, 100)
+    assert [ok.values[f"rad_tumor_t2f__reference__shell__{s}"] for s in ("median", "iqr", "voxels")] == \
+        pytest.approx([expected["median"], expected["iqr"], expected["voxels"]], rel=1e-6)
+    assert expected["voxels"] > 100 and np.isfinite(expected["median"])
     # the grid comes from the geometry attrs: the volume is measured in mm
     assert ok.values["rad_tumor_t2f__original__shape__voxelvolume"] == float((study_arrays(0, False)["tumor"]).sum())
 
 
 # one run --------------------------------------------------------------------------------------
+def test_the_three_roi_views_of_a_sequence_carry_the_same_reference_tissue(first_run) -> None:
+    ws, summary, _ = first_run
+    for seq in SEQUENCES:
+        frames = {roi: read_view(ws, view_name("rad", roi, seq), summary.versions["rad"])
+                  .set_index(["patient_id", "study_id"]) for roi in ROIS}
+        cols = [f"__reference__shell__{s}" for s in ("median", "iqr", "voxels")]
+        ref = {roi: f[[f"rad_{roi}_{seq}{c}" for c in cols]].set_axis(cols, axis=1)
+               for roi, f in frames.items()}
+        both = ref["edema"].index  # the study without edema has no edema row
+        pd.testing.assert_frame_equal(ref["tumor"].loc[both], ref["edema"])
+        pd.testing.assert_frame_equal(ref["tumor"], ref["overall"])
+        assert (ref["tumor"][cols[2]] > 100).all() and ref["tumor"][cols[0]].notna().all()
+
+
 def test_every_view_has_its_rows_names_and_counts(first_run) -> None:
     ws, summary, calls = first_run
     n_rad = feature_count(reduced_params())
@@ -174,9 +196,9 @@ def test_every_view_has_its_rows_names_and_counts(first_run) -> None:
     for kind, roi, seq in all_views():
         view = view_name(kind, roi, seq)
         frame = read_view(ws, view, rad_v if kind == "rad" else dl_v)
-        names = (radiomics_feature_names(roi, seq, reduced_params()) if kind == "rad"
+        names = (view_feature_names(roi, seq, reduced_params()) if kind == "rad"
                  else deep_feature_names(roi, seq))
-        assert len(names) == (n_rad if kind == "rad" else N_DEEP_FEATURES)
+        assert len(names) == (n_rad + 3 if kind == "rad" else N_DEEP_FEATURES)
         assert list(frame.columns) == ["patient_id", "event_timestamp", "created_timestamp",
                                        "feature_version", "study_id", "scan_version", *names]
         expected = len(LATEST) - (roi == "edema")
@@ -388,7 +410,7 @@ def test_the_real_parameters_on_one_study(tmp_path, cluster) -> None:
     for kind, roi, seq in all_views():
         view = view_name(kind, roi, seq)
         frame = read_view(ws, view, summary.versions[kind])
-        names = radiomics_feature_names(roi, seq) if kind == "rad" else deep_feature_names(roi, seq)
-        assert len(names) == (1130 if kind == "rad" else 1000)
+        names = view_feature_names(roi, seq) if kind == "rad" else deep_feature_names(roi, seq)
+        assert len(names) == (1133 if kind == "rad" else 1000)
         assert list(frame.columns)[6:] == names and len(frame) == 1
     assert summary.versions["rad"] == radiomics_version(load_params())

@@ -127,27 +127,9 @@ def test_a_center_with_too_few_rows_is_refused() -> None:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory):
     """A workspace whose production model was trained with ComBat, materialised and served."""
-    from test_serving import API_KEY, TINY_STUDY, build_workspace
+    from test_serving import served_lever
 
-    from atrx import registry
-    from serving.materialize import run_materialize
-    from serving.server import free_port, serve
-    from training.run import train
-    from training.study import load_study
-
-    root = tmp_path_factory.mktemp("harmonise")
-    ws = build_workspace(root / "home")
-    study_path = root / "combat.yaml"
-    study_path.write_text(TINY_STUDY + "harmonisation:\n  method: combat\n")
-    trained = train(ws, "2025-01-01", load_study(study_path), study_path)
-    registry.promote(ws, trained.run.tag, reason="test")
-    run_materialize(ws)
-    handle = serve(ws, free_port(), api_key=API_KEY, log_file=root / "server.log")
-    try:
-        handle.wait_ready(180.0)
-        yield ws, trained, handle, API_KEY
-    finally:
-        handle.stop()
+    yield from served_lever(tmp_path_factory.mktemp("harmonise"), "harmonisation:\n  method: combat\n")
 
 
 def test_the_run_records_the_transform_and_both_test_aucs(served) -> None:
@@ -172,19 +154,10 @@ def test_the_run_records_the_transform_and_both_test_aucs(served) -> None:
 
 
 def test_served_prediction_of_a_new_center_patient_equals_the_protocols(served) -> None:
-    from training.protocol import FUSION
+    from test_serving import assert_served_test_patients_match
 
-    ws, trained, handle, key = served
-    run = trained.run
-    test_ids = run.data.frame.iloc[run.split.test]["patient_id"].tolist()
-    protocol_p = run.result.probabilities["test"][FUSION]
-    for i in (0, len(test_ids) - 1):
-        pid = test_ids[i]
-        assert pid.startswith("C-")
-        r = httpx.post(f"{handle.url}/predict", json={"patient_id": pid},
-                       headers={"X-API-Key": key}, timeout=30)
-        assert r.status_code == 200, r.text
-        assert r.json()["probability"] == pytest.approx(float(protocol_p[i]), abs=1e-9)
+    _, trained, handle, key = served
+    assert_served_test_patients_match(trained, handle, key, abs_tol=1e-9)
 
 
 def test_explicit_values_without_a_patient_id_are_422_naming_the_center(served) -> None:

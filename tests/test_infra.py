@@ -320,7 +320,7 @@ def test_bentofile_builds_the_service() -> None:
 
 
 #: modules the registry's pickled model references by import path (its class and what that imports)
-PICKLED_MODEL_MODULES = ("training.fusion", "training.harmonised")
+PICKLED_MODEL_MODULES = ("training.fusion", "training.harmonised", "training.reference_norm")
 OUR_PACKAGES = ("atrx", "feature_repo", "serving", "training", "ingest", "features")
 
 

@@ -45,12 +45,25 @@ selection:
 """
 
 
-def feature_names(view: str) -> list[str]:
-    return [f"{view}__f{j:04d}" for j in range(N_FEATURES)]
+#: first-order features of the reference-tissue variant: location, location, location, spread,
+#: squared spread, unchanged by the map (training/reference_norm.py)
+REFERENCE_FEATURES = ("mean", "median", "10percentile", "interquartilerange", "variance", "skewness")
 
 
-def build_workspace(home: Path, seed: int = 0) -> Workspace:
-    """Offline store + Feast registry of a small three-center cohort (two imaging views)."""
+def feature_names(view: str, reference: bool = False) -> list[str]:
+    """The view's columns: ``f0000``..., or with ``reference`` original first-order features
+    followed by the view's reference-tissue median, IQR and voxel count."""
+    if not reference:
+        return [f"{view}__f{j:04d}" for j in range(N_FEATURES)]
+    return ([f"{view}__original__firstorder__{f}" for f in REFERENCE_FEATURES]
+            + [f"{view}__reference__shell__{s}" for s in ("median", "iqr", "voxels")])
+
+
+def build_workspace(home: Path, seed: int = 0, reference: bool = False) -> Workspace:
+    """Offline store + Feast registry of a small three-center cohort (two imaging views).
+
+    ``reference``: first-order features and reference-tissue columns, each center's intensities
+    offset and scaled by its own reference (the normalisation's case)."""
     from feature_repo.offline import export_clinical_and_labels, write_offline
     from feature_repo.store import apply
 
@@ -84,10 +97,19 @@ def build_workspace(home: Path, seed: int = 0) -> Workspace:
     )
     ws = Workspace.at(home)
     ws.ensure()
+    names = {v: feature_names(v, reference) for v in VIEWS}
     for view in VIEWS:
         values = rng.standard_normal((n, N_FEATURES))
         values[:, 0] += 1.6 * (y - 0.5)
         values[:, 1] -= 0.8 * (y - 0.5)
+        if reference:
+            center = np.array([ord(p[0]) - ord("A") for p in pids])
+            median = 0.5 * center + 0.1 * rng.standard_normal(n)
+            iqr = (1.0 + 0.5 * center) * np.exp(0.05 * rng.standard_normal(n))
+            values[:, :3] = values[:, :3] * iqr[:, None] + median[:, None]
+            values[:, 3] *= iqr
+            values[:, 4] = np.abs(values[:, 4]) * iqr**2
+            values = np.column_stack([values, median, iqr, np.full(n, 5000.0)])
         meta = pd.DataFrame(
             {
                 "patient_id": pids,
@@ -98,17 +120,17 @@ def build_workspace(home: Path, seed: int = 0) -> Workspace:
             }
         )
         frame = pd.concat(
-            [meta, pd.DataFrame(values.astype(np.float32), columns=feature_names(view))], axis=1
+            [meta, pd.DataFrame(values.astype(np.float32), columns=names[view])], axis=1
         )
         frame = frame[frame["patient_id"] != NO_IMAGING].reset_index(drop=True)
-        write_offline(ws, view, "test-v1", frame, feature_names=feature_names(view))
+        write_offline(ws, view, "test-v1", frame, feature_names=names[view])
     export_clinical_and_labels(ws, clinical, labels, CREATED)
     apply(
         ws,
         {**dict.fromkeys(VIEWS, "test-v1"), "clinical": "v1", "labels": "v1"},
-        feature_names={v: feature_names(v) for v in VIEWS},
+        feature_names=names,
     )
-    write_all_stable(ws, {v: feature_names(v) for v in VIEWS})
+    write_all_stable(ws, {v: [c for c in names[v] if "__reference__" not in c] for v in VIEWS})
     return ws
 
 
@@ -183,6 +205,46 @@ def post(server, route: str, payload, key: str | None = API_KEY) -> httpx.Respon
             headers={**headers, "Content-Type": "application/json"},
         )
     return httpx.post(f"{server.url}{route}", json=payload, headers=headers, timeout=30)
+
+
+def served_lever(root: Path, study_extra: str, reference: bool = False) -> Iterator:
+    """Train TINY_STUDY plus ``study_extra`` on :func:`build_workspace`, promote, materialise and
+    serve it on a free port; yields (workspace, trained run, server handle, API key)."""
+    from atrx import registry
+    from serving.materialize import run_materialize
+    from serving.server import free_port, serve
+    from training.run import train
+    from training.study import load_study
+
+    ws = build_workspace(root / "home", reference=reference)
+    study_path = root / "study.yaml"
+    study_path.write_text(TINY_STUDY + study_extra)
+    trained = train(ws, "2025-01-01", load_study(study_path), study_path)
+    registry.promote(ws, trained.run.tag, reason="test")
+    run_materialize(ws)
+    handle = serve(ws, free_port(), api_key=API_KEY, log_file=root / "server.log")
+    try:
+        handle.wait_ready(START_TIMEOUT)
+        yield ws, trained, handle, API_KEY
+    finally:
+        handle.stop()
+
+
+def assert_served_test_patients_match(trained, handle, key: str, abs_tol: float) -> None:
+    """/predict for the first and last test-center patient equals the protocol's own probability
+    (the served model applies the run's transforms to raw online features)."""
+    from training.protocol import FUSION
+
+    run = trained.run
+    test_ids = run.data.frame.iloc[run.split.test]["patient_id"].tolist()
+    protocol_p = run.result.probabilities["test"][FUSION]
+    for i in (0, len(test_ids) - 1):
+        pid = test_ids[i]
+        assert pid.startswith("C-")
+        r = httpx.post(f"{handle.url}/predict", json={"patient_id": pid},
+                       headers={"X-API-Key": key}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert r.json()["probability"] == pytest.approx(float(protocol_p[i]), abs=abs_tol)
 
 
 def error_of(response: httpx.Response) -> str:

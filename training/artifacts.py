@@ -149,7 +149,7 @@ class TrainingRun:
     timings: dict[str, float] = field(default_factory=dict)
     tag: str = ""  # the registry's tag, once the candidate is saved
     diagnostics: Diagnostics | None = None  # feature shift and selection stability (the report)
-    levers: dict[str, Any] = field(default_factory=dict)  # "harmonisation", "stability" (JSON-ready)
+    levers: dict[str, Any] = field(default_factory=dict)  # "normalisation", "harmonisation", "stability" (JSON-ready)
 
     @property
     def report_path(self) -> Path:
@@ -203,6 +203,7 @@ class TrainingRun:
             "cutoff_policy": described["cutoff_policy"],
             "best_imaging_model": self.best_label,
             "best_imaging_cv_auc": self.result.best.cv_auc,
+            "normalisation": described.get("normalisation", {"method": "none"}),
             "harmonisation": described.get("harmonisation", {"method": "none"}),
             "metrics": {m: self.result.metrics[m] for m in self.result.headline()},
             "sets": self.sets,
@@ -224,6 +225,7 @@ class TrainingRun:
             "library_versions": self.library_versions,
             **self.result.to_json(),
             "diagnostics": None if self.diagnostics is None else self.diagnostics.to_json(),
+            "normalisation": self.levers.get("normalisation") or {"method": "none"},
             "harmonisation": self.levers.get("harmonisation") or {"method": "none"},
             "stability": self.levers.get("stability"),
             "timings": dict(self.timings),
@@ -233,6 +235,7 @@ class TrainingRun:
         """What :func:`training.report.render_report` lays out (metrics, tests, curves, meta,
         the transfer sections)."""
         from training.harmonisation_run import report_line
+        from training.reference_norm import normalisation_line
         from training.stability_filter import stability_line
         from training.transfer import ranked_by, ranking_record, transfer_check
 
@@ -253,6 +256,7 @@ class TrainingRun:
                                                  else f"{c['cv_auc_mean']:.3f}")
                 for c in result.classifier_comparison),
             "fusion cutoff": f"{result.fusion.cutoff_:.3f} ({study.cutoff.policy})",
+            "intensity normalisation": normalisation_line(self.levers.get("normalisation")),
             "harmonisation": report_line(self.levers.get("harmonisation")),
             "stability filter": stability_line(self.levers.get("stability")),
             "training-set metrics": "imaging out-of-fold; fusion on out-of-fold scores; clinical in-sample",

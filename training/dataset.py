@@ -187,7 +187,10 @@ def training_frame(
     views = [*imaging_views, *baseline_only, CLINICAL_VIEW, LABELS_VIEW]
     raw = historical_features(ws, entities, views=views)
 
-    imaging_columns = {v: [c for c in raw.columns if c.startswith(f"{v}__")] for v in imaging_views}
+    # the reference-tissue columns stored with radiomics views enter only the normalisation
+    keep_reference = study.normalisation.method == "reference"
+    imaging_columns = {v: [c for c in raw.columns if c.startswith(f"{v}__")
+                           and (keep_reference or "__reference__" not in c)] for v in imaging_views}
     empty = [v for v, cols in imaging_columns.items() if not cols]
     if empty:
         raise TrainingDataError(f"feature views {empty} have no feature columns",
@@ -195,8 +198,9 @@ def training_frame(
     # a view only the baseline reads contributes its first-order columns only, so a missing
     # texture feature there never drops a patient from the paper's models
     # (none at all: the baseline is skipped, see training.baseline.baseline_problem)
-    imaging_columns |= {v: cols for v in baseline_only
-                        if (cols := firstorder_columns(raw.columns, [v]))}
+    imaging_columns |= {v: cols + [c for c in raw.columns if keep_reference
+                                   and c.startswith(f"{v}__reference__")]
+                        for v in baseline_only if (cols := firstorder_columns(raw.columns, [v]))}
     clinical = encode_clinical(raw, list(study.clinical_variables))
     reasons: list[tuple[str, str]] = []
     bad = np.zeros(len(raw), dtype=bool)

@@ -11,16 +11,13 @@ without either is an error, as is a center without estimates (:class:`UnknownCen
 
 from __future__ import annotations
 
-from typing import Any
-
-import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator
 
 from atrx.errors import InputError
 from atrx.pseudonym import Pseudonym
 from training.fusion import FusionModel
 from training.harmonise import Harmoniser
+from training.wrapped import TransformedModel
 
 __all__ = ["HarmonisedModel", "centers_of"]
 
@@ -38,7 +35,7 @@ def centers_of(X: pd.DataFrame) -> list[str]:
     )
 
 
-class HarmonisedModel(BaseEstimator):
+class HarmonisedModel(TransformedModel):
     """``harmoniser`` then ``model`` (see the module docstring); the registry's estimator."""
 
     needs_center = True
@@ -47,50 +44,8 @@ class HarmonisedModel(BaseEstimator):
         self.model = model
         self.harmoniser = harmoniser
 
-    def _harmonised(self, X: pd.DataFrame) -> pd.DataFrame:
+    def _transformed(self, X: pd.DataFrame) -> pd.DataFrame:
         return self.harmoniser.transform(X, centers_of(X))
-
-    # what serving, promotion and the report use ----------------------------------------------
-    @property
-    def required_features(self) -> list[str]:
-        return self.model.required_features
-
-    @property
-    def cutoff_(self) -> float:
-        return self.model.cutoff_
-
-    @property
-    def nomogram_(self) -> Any:
-        return self.model.nomogram_
-
-    @property
-    def clinical_columns(self) -> Any:
-        return self.model.clinical_columns
-
-    @property
-    def selected_imaging_features_(self) -> list[str]:
-        return self.model.selected_imaging_features_
-
-    def imaging_score(self, X: pd.DataFrame) -> np.ndarray:
-        return self.model.imaging_score(self._harmonised(X))
-
-    def decision_function(self, X: pd.DataFrame) -> np.ndarray:
-        return self.model.decision_function(self._harmonised(X))
-
-    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        return self.model.predict_proba(self._harmonised(X))
-
-    def predict(self, X: pd.DataFrame) -> np.ndarray:
-        return self.model.predict(self._harmonised(X))
-
-    def risk_group(self, prob: Any) -> np.ndarray:
-        return self.model.risk_group(prob)
-
-    def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
-        return self.model.contributions(self._harmonised(X))
-
-    def explain(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-        return self.model.explain(self._harmonised(X))
 
     def describe(self) -> dict[str, object]:
         return {**self.model.describe(), "harmonisation": self.harmoniser.describe()}

@@ -36,6 +36,7 @@ from training.artifacts import (
 from training.dataset import resolve_as_of, split, training_frame
 from training.diagnostics import diagnose
 from training.protocol import ProgressFn, run_protocol
+from training.reference_norm import ReferenceNormalisedModel, normalise_for_study
 from training.stability_filter import StabilityRunner, apply_stability
 from training.study import StudyConfig, load_study
 
@@ -97,7 +98,8 @@ def train(
         if stability is not None:
             say(f"stability filter (ICC >= {stability.min_icc}): {stability.kept} radiomics "
                 f"features kept, {len(stability.dropped)} dropped")
-        prepared = harmonisation_run.prepare(data.frame, sp, study)
+        normalised, normalisation = normalise_for_study(data.frame, study.normalisation.method)
+        prepared = harmonisation_run.prepare(normalised, sp, study)
         if prepared.harmoniser is not None:
             say(f"ComBat harmonisation of {len(prepared.harmoniser.features)} imaging features "
                 f"fitted on the training rows ({prepared.seconds:.0f} s)")
@@ -105,13 +107,16 @@ def train(
         timings["protocol"] = time.perf_counter() - t
         # transfer diagnostics (its own time is in metrics.json's diagnostics.seconds)
         diagnostics = diagnose(prepared.frame, sp, result, study, progress=say)
-        harmonisation_run.finish(prepared, result, data.frame, sp, study)
+        harmonisation_run.finish(prepared, result, normalised, sp, study)
+        if study.normalisation.method == "reference":  # serving feeds raw features with references
+            result.fusion = ReferenceNormalisedModel.wrap(result.fusion)
         say(f"protocol done ({timings['protocol']:.0f} s, diagnostics {diagnostics.seconds:.0f} s);"
             " writing figures, report and model")
 
         run = TrainingRun(run_id, study, study_path, data, sp, result, Path(ws.runs) / run_id,
                           libraries, timings, diagnostics=diagnostics,
-                          levers={"harmonisation": prepared.to_json(),
+                          levers={"normalisation": normalisation,
+                                  "harmonisation": prepared.to_json(),
                                   "stability": None if stability is None else stability.to_json()})
         t = time.perf_counter()
         run.run_dir.mkdir(parents=True, exist_ok=True)

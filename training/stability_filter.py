@@ -27,8 +27,9 @@ StabilityRunner = Callable[[str, list[str], int, int], None]
 
 
 def is_radiomics_column(name: str) -> bool:
-    """A radiomics view's feature column (``rad_{roi}_{seq}__...``)."""
-    return str(name).startswith("rad_") and "__" in str(name)
+    """A radiomics view's feature column (``rad_{roi}_{seq}__...``; its reference-tissue columns
+    are not features, :mod:`training.reference_norm`)."""
+    return str(name).startswith("rad_") and "__" in str(name) and "__reference__" not in str(name)
 
 
 @dataclass

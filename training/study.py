@@ -187,6 +187,17 @@ class HarmonisationConfig(StrictModel):
     method: Literal["none", "combat"] = "none"
 
 
+class NormalisationConfig(StrictModel):
+    """Intensities against reference tissue (not in the paper; :mod:`training.reference_norm`).
+
+    ``reference``: the original-image first-order intensities of every radiomics view are
+    re-expressed against the median and IQR of normal-appearing brain within 10 mm of the lesion
+    (each patient's own, stored with the view by the features job); the registered model applies
+    the same map to online features. ``none``: the whole-brain z-score of ingest alone."""
+
+    method: Literal["none", "reference"] = "none"
+
+
 class StabilityConfig(StrictModel):
     """Keep only radiomics features that are stable under small mask and grid perturbations (not
     in the paper; issue 12: the lever that moved held-out-center AUC, docs/training.md).
@@ -245,6 +256,7 @@ class StudyConfig(StrictModel):
     cutoff: CutoffConfig = Field(default_factory=CutoffConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+    normalisation: NormalisationConfig = Field(default_factory=NormalisationConfig)
     harmonisation: HarmonisationConfig = Field(default_factory=HarmonisationConfig)
     stability: StabilityConfig = Field(default_factory=StabilityConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)

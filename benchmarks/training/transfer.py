@@ -34,6 +34,7 @@ from training import harmonisation_run
 from training.baseline import fit_baseline
 from training.dataset import LABEL, split, training_frame
 from training.protocol import FUSION, run_protocol
+from training.reference_norm import normalise_for_study
 from training.stability_filter import apply_stability
 from training.study import StudyConfig, load_study
 
@@ -53,13 +54,16 @@ def one(home: str, study_path: str, seed: int) -> dict:
     logging.basicConfig(level=logging.ERROR)
     warnings.simplefilter("ignore")  # LASSO's fold-count notes, once per fit
     study = seeded(load_study(study_path), seed)
-    key = tuple(study.feature_views())
+    key = (*study.feature_views(), study.normalisation.method)
     ws = Workspace.at(home)
     if key not in _FRAMES:
         _FRAMES[key] = training_frame(ws, None, study)
     data = _FRAMES[key]
     raw = data.frame
-    frame, _ = apply_stability(raw, ws, data.feature_versions, study.stability.min_icc)
+    frame, _ = apply_stability(raw, ws, data.feature_versions, study.stability.min_icc,
+                               study.split.development_centers, study.stability.patients,
+                               study.stability.seed)
+    frame, _ = normalise_for_study(frame, study.normalisation.method)
     sp = split(frame, study)
     t = time.perf_counter()
     prepared = harmonisation_run.prepare(frame, sp, study)
