@@ -31,8 +31,8 @@ from atrx.errors import DataError
 from training.wrapped import TransformedModel
 
 __all__ = ["LOCATION", "SCALE", "SQUARED", "ReferenceNormalisedModel", "drop_reference_columns",
-           "is_reference_column", "mapped_columns", "normalisation_line", "normalise_for_study", "normalise_frame",
-           "reference_columns"]
+           "is_reference_column", "mapped_columns", "normalisation_line", "normalise_for_study",
+           "normalise_frame", "reference_columns"]
 
 LOCATION: Final[frozenset[str]] = frozenset({"mean", "median", "minimum", "maximum", "10percentile",
                                              "90percentile"})
@@ -91,7 +91,8 @@ def normalise_frame(frame: pd.DataFrame, *, what: str = "the training frame") ->
         s = frame[iqr_col].to_numpy(dtype=np.float64)
         bad = ~(np.isfinite(m) & np.isfinite(s) & (s > 0))
         if bad.any():
-            who = frame["patient_id"].astype(str).to_numpy()[bad] if "patient_id" in frame else np.flatnonzero(bad)
+            ids = frame["patient_id"].astype(str).to_numpy() if "patient_id" in frame else np.arange(len(frame))
+            who = ids[bad]
             raise DataError(f"{what}: the reference tissue of {view} is missing or flat for "
                             f"{int(bad.sum())} row(s) ({', '.join(map(str, who[:5]))})",
                             fix="check those patients' brain and lesion masks (the shell needs "
