@@ -39,7 +39,9 @@ logging.getLogger("radiomics").setLevel(logging.ERROR)
 
 
 def load(path: Path) -> dict[str, Any]:
-    return yaml.safe_load(path.read_text())
+    """The parameter file as both engines read it: without our ``reference`` block, which the
+    features job reads itself (features/reference.py, features.radiomics.pyradiomics_params)."""
+    return {k: v for k, v in yaml.safe_load(path.read_text()).items() if k != "reference"}
 
 
 @cache
