@@ -85,7 +85,7 @@ def table_problem(meta: Mapping[str, Any], development_centers: Sequence[str]) -
 
 
 def apply_stability(frame: pd.DataFrame, ws: Any, feature_versions: Mapping[str, str],
-                    min_icc: float | None, development_centers: Sequence[str] = (),
+                    min_icc: float | None, development_centers: Sequence[str],
                     patients: int = 10, seed: int = 0,
                     runner: StabilityRunner | None = None) -> tuple[pd.DataFrame, StabilityFilter | None]:
     """Read the ICC table of every radiomics version the frame's views were computed with and
