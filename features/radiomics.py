@@ -196,7 +196,7 @@ def extract_radiomics_rois(
 def _canonical(raw: Mapping[str, float], roi: str, sequence: str, params: Mapping[str, Any],
                what: str) -> dict[str, float]:
     """PyRadiomics' keys -> canonical names, refusing a result without exactly the expected keys."""
-    expected = _pyradiomics_keys(_canonical_json(pyradiomics_params(params) | _engine(params)))
+    expected = _keys_of(params)
     if len(raw) != len(expected) or not all(key in raw for key in expected):
         missing = [k for k in expected if k not in raw]
         extra = sorted(set(raw) - set(expected))
@@ -259,7 +259,7 @@ def radiomics_feature_names(
     """The exact ordered canonical names :func:`extract_radiomics` returns for ``params``."""
     params = load_params() if params is None else params
     view_name("rad", roi, sequence)
-    keys = _pyradiomics_keys(_canonical_json(pyradiomics_params(params) | _engine(params)))
+    keys = _keys_of(params)
     return [radiomics_feature_name(roi, sequence, key) for key in keys]
 
 
@@ -272,14 +272,16 @@ def view_feature_names(roi: str, sequence: str, params: Mapping[str, Any] | None
     return radiomics_feature_names(roi, sequence, params) + reference_feature_names(roi, sequence, params)
 
 
-def _engine(params: Mapping[str, Any]) -> dict[str, Any]:
-    return {"engine": params["engine"]} if "engine" in params else {}
+def _keys_of(params: Mapping[str, Any]) -> tuple[str, ...]:
+    """The PyRadiomics keys ``params`` produce: what the engine reads, our own blocks left out."""
+    engine = {"engine": params["engine"]} if "engine" in params else {}
+    return _pyradiomics_keys(_canonical_json(pyradiomics_params(params) | engine))
 
 
 def feature_count(params: Mapping[str, Any] | None = None) -> int:
     """Number of features per ROI for ``params`` (1130 for the repository's parameter file)."""
     params = load_params() if params is None else params
-    return len(_pyradiomics_keys(_canonical_json(pyradiomics_params(params) | _engine(params))))
+    return len(_keys_of(params))
 
 
 def _canonical_json(params: Mapping[str, Any]) -> str:

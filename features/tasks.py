@@ -104,7 +104,8 @@ def radiomics_task(images_root: str, zarr_path: str, roi: str, sequence: str,
         mask = to_sitk(arrays[roi], geometry)
         values = extract_radiomics(image, mask, roi, sequence, params)
         if reference is not None:
-            values |= reference_values(roi, sequence, _reference(arrays, geometry, sequence, reference, {}))
+            stats = reference_stats(arrays[sequence], _shell(arrays, geometry, reference), reference.min_voxels)
+            values |= reference_values(roi, sequence, stats)
     except FeatureError as e:
         return _result("failed", None, f"{view} of {zarr_path}: {e}", t0)
     except Exception as e:  # noqa: BLE001 - the task boundary: report, let the driver record it
@@ -125,7 +126,7 @@ def radiomics_study_task(images_root: str, zarr_path: str, items: Sequence[RadIt
     """
     t0 = time.perf_counter()
     results: dict[RadItem, TaskResult] = {}
-    shells: dict[str, np.ndarray] = {}
+    shell: np.ndarray | None = None  # the reference tissue, computed once per study
     try:
         reference = reference_settings(params)
         names = _rad_arrays(sorted({n for item in items for n in item}), reference)
@@ -144,7 +145,8 @@ def radiomics_study_task(images_root: str, zarr_path: str, items: Sequence[RadIt
             got = extract_radiomics_rois(
                 image, {roi: to_sitk(arrays[roi], geometry) for roi in rois}, sequence, params)
             if reference is not None:
-                stats = _reference(arrays, geometry, sequence, reference, shells)
+                shell = _shell(arrays, geometry, reference) if shell is None else shell
+                stats = reference_stats(arrays[sequence], shell, reference.min_voxels)
                 got = {roi: v if isinstance(v, Exception) else v | reference_values(roi, sequence, stats)
                        for roi, v in got.items()}
         except Exception as e:  # noqa: BLE001 - the task boundary
@@ -170,13 +172,11 @@ def _rad_arrays(names: Sequence[str], reference: ReferenceSettings | None) -> li
     return sorted({*names, "brain", "overall"}) if reference is not None else list(names)
 
 
-def _reference(arrays: Mapping[str, np.ndarray], geometry: Mapping[str, Any], sequence: str,
-               settings: ReferenceSettings, shells: dict[str, np.ndarray]) -> dict[str, float]:
-    """The reference-tissue statistics of ``sequence`` (the shell is computed once per study)."""
-    if "shell" not in shells:
-        spacing_zyx = [float(v) for v in reversed(geometry["spacing"])]
-        shells["shell"] = shell_mask(arrays["overall"], arrays["brain"], spacing_zyx, settings.shell_mm)
-    return reference_stats(arrays[sequence], shells["shell"], settings.min_voxels)
+def _shell(arrays: Mapping[str, np.ndarray], geometry: Mapping[str, Any],
+           settings: ReferenceSettings) -> np.ndarray:
+    """The study's reference tissue (features.reference.shell_mask on the store's grid)."""
+    spacing_zyx = [float(v) for v in reversed(geometry["spacing"])]
+    return shell_mask(arrays["overall"], arrays["brain"], spacing_zyx, settings.shell_mm)
 
 
 def cached_model(weights_spec: str, device: str) -> tuple[Any, str]:

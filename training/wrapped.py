@@ -7,6 +7,7 @@ the wrapped ``model``, and the attributes serving, promotion and the report read
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any
 
 import numpy as np
@@ -16,14 +17,15 @@ from sklearn.base import BaseEstimator
 __all__ = ["TransformedModel"]
 
 
-class TransformedModel(BaseEstimator):
+class TransformedModel(ABC, BaseEstimator):
     """``_transformed`` then ``self.model`` (a :class:`training.fusion.FusionModel` or another
     TransformedModel)."""
 
     model: Any
 
+    @abstractmethod
     def _transformed(self, X: pd.DataFrame) -> pd.DataFrame:
-        raise NotImplementedError
+        """The frame ``self.model`` predicts from (raw online features in, the run's transform applied)."""
 
     # what serving, promotion and the report use ----------------------------------------------
     @property
