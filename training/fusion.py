@@ -47,6 +47,7 @@ __all__ = [
     "IMAGING_SCORE",
     "CrossFit",
     "FusionModel",
+    "clinical_values",
     "cross_fit",
     "encode_clinical",
 ]
@@ -61,18 +62,24 @@ def encode_clinical(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame
     Accepts ``sex`` already coded 0/1 or as the strings the clinical view stores, so the same
     model takes the training matrix and raw online features alike. Unknown values become NaN.
     """
+    return pd.DataFrame(dict(zip(columns, clinical_values(frame, columns).T, strict=True)),
+                        index=frame.index, columns=list(columns))
+
+
+def clinical_values(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+    """:func:`encode_clinical` as a ``(rows, columns)`` float64 array (serving's per-request path)."""
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"the frame lacks clinical column(s) {missing}")
-    out = {}
-    for name in columns:
+    out = np.empty((len(frame), len(columns)), dtype=np.float64)
+    for j, name in enumerate(columns):
         values = frame[name]
         if name == "sex" and not pd.api.types.is_numeric_dtype(values):
-            values = values.map(
-                lambda v: SEX_CODES.get(v.strip().lower(), np.nan) if isinstance(v, str) else np.nan
-            )
-        out[name] = pd.to_numeric(values, errors="coerce").astype(np.float64)
-    return pd.DataFrame(out, index=frame.index)
+            out[:, j] = [SEX_CODES.get(v.strip().lower(), np.nan) if isinstance(v, str) else np.nan
+                         for v in values.to_numpy()]
+        else:
+            out[:, j] = pd.to_numeric(values, errors="coerce")
+    return out
 
 
 def _binary_y(y: ArrayLike) -> np.ndarray:
@@ -216,6 +223,7 @@ class FusionModel(ClassifierMixin, BaseEstimator):
         self.imaging_cv_auc_ = list(crossed.fold_aucs)
 
         design = self._design(X, crossed.oof_scores)
+        self.__dict__.pop("_linear_cache", None)
         self.fusion_pipeline_ = clone(fusion).fit(design, y01)
         self.classes_ = np.array([0, 1])
         train_prob = self.fusion_pipeline_.predict_proba(design)[:, 1]
@@ -231,16 +239,48 @@ class FusionModel(ClassifierMixin, BaseEstimator):
         return self
 
     def _design(self, X: pd.DataFrame, imaging_score: ArrayLike) -> pd.DataFrame:
-        clinical = encode_clinical(X, list(self.clinical_columns))
-        bad = clinical.columns[clinical.isna().any()].tolist()
+        columns = [IMAGING_SCORE, *self.clinical_columns]
+        return pd.DataFrame(self._design_values(X, imaging_score), index=X.index, columns=columns)
+
+    def _design_values(self, X: pd.DataFrame, imaging_score: ArrayLike) -> np.ndarray:
+        """``[imaging_score, *clinical_columns]`` per row, float64."""
+        clinical = clinical_values(X, list(self.clinical_columns))
+        bad = [c for c, nan in zip(self.clinical_columns, np.isnan(clinical).any(axis=0), strict=True) if nan]
         if bad:
             raise ValueError(f"clinical column(s) {bad} have missing or unknown values")
         score = np.asarray(imaging_score, dtype=np.float64).ravel()
         if score.size != len(X):
             raise ValueError(f"imaging_score has {score.size} values for {len(X)} rows")
-        return pd.concat(
-            [pd.DataFrame({IMAGING_SCORE: score}, index=clinical.index), clinical], axis=1
-        )
+        return np.column_stack([score, clinical])
+
+    def _linear(self) -> tuple[np.ndarray, float] | None:
+        """The fitted fusion LR per raw unit of ``[imaging_score, *clinical_columns]``.
+
+        Why: a request scores one row, and the ColumnTransformer + scaler + LR of
+        ``fusion_pipeline_`` on a one-row DataFrame cost more than the online lookup; the same
+        linear predictor in numpy agrees with it to rounding (tests hold 1e-12). None when the
+        pipeline is not a scaled LR on exactly those columns (then the pipeline scores).
+        """
+        if "_linear_cache" not in self.__dict__:
+            try:
+                raw = raw_coefficients(self.fusion_pipeline_)
+                names = [IMAGING_SCORE, *self.clinical_columns]
+                linear = (np.array([raw[n] for n in names], dtype=np.float64), float(raw[INTERCEPT]))
+                if len(raw) != len(names) + 1:
+                    linear = None
+            except (TypeError, ValueError, KeyError, AttributeError):
+                linear = None
+            self.__dict__["_linear_cache"] = linear
+        return self.__dict__["_linear_cache"]
+
+    def _fused(self, design: np.ndarray) -> np.ndarray:
+        linear = self._linear()
+        if linear is None:
+            columns = [IMAGING_SCORE, *self.clinical_columns]
+            return np.asarray(self.fusion_pipeline_.decision_function(
+                pd.DataFrame(design, columns=columns)), dtype=np.float64)
+        coef, intercept = linear
+        return design @ coef + intercept
 
     def _nomogram(self, design: pd.DataFrame) -> Nomogram:
         coefs = raw_coefficients(self.fusion_pipeline_)
@@ -283,7 +323,7 @@ class FusionModel(ClassifierMixin, BaseEstimator):
         """Linear predictor (log-odds of ATRX mutation) of the fusion LR."""
         check_is_fitted(self, "fusion_pipeline_")
         score = self.imaging_score(X) if imaging_score is None else imaging_score
-        return np.asarray(self.fusion_pipeline_.decision_function(self._design(X, score)))
+        return self._fused(self._design_values(X, score))
 
     def predict_proba(self, X: pd.DataFrame, imaging_score: ArrayLike | None = None) -> np.ndarray:
         """``(n, 2)`` probabilities of wild type and ATRX mutant.
@@ -307,7 +347,7 @@ class FusionModel(ClassifierMixin, BaseEstimator):
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
         """Nomogram points per variable, total points, linear predictor and probability per row."""
         check_is_fitted(self, "nomogram_")
-        return self._points(self._design(X, self.imaging_score(X)), X.index)
+        return self._points(self._design_values(X, self.imaging_score(X)), X.index)
 
     def explain(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
         """``(probability of mutant, imaging score, contributions)`` per row from ONE design matrix.
@@ -317,20 +357,22 @@ class FusionModel(ClassifierMixin, BaseEstimator):
         """
         check_is_fitted(self, "nomogram_")
         score = self.imaging_score(X)
-        design = self._design(X, score)
-        prob = expit(np.asarray(self.fusion_pipeline_.decision_function(design)))
+        design = self._design_values(X, score)
+        prob = expit(self._fused(design))
         return prob, score, self._points(design, X.index)
 
-    def _points(self, design: pd.DataFrame, index: pd.Index) -> pd.DataFrame:
+    def _points(self, design: np.ndarray, index: pd.Index) -> pd.DataFrame:
         nomo = self.nomogram_
-        out = pd.DataFrame(
-            {name: [nomo.variable_points(name, v) for v in design[name]] for name in nomo.coefs},
-            index=index,
-        )
-        out["total_points"] = out[list(nomo.coefs)].sum(axis=1)
-        out["linear_predictor"] = [nomo.linear_predictor(t) for t in out["total_points"]]
-        out["probability"] = expit(out["linear_predictor"].to_numpy())
-        return out
+        position = {n: i for i, n in enumerate([IMAGING_SCORE, *self.clinical_columns])}
+        names = list(nomo.coefs)
+        points = {}
+        for name in names:  # Nomogram.variable_points, one column at a time
+            c, (lo, hi) = nomo.coefs[name], nomo.ranges[name]
+            points[name] = (c * design[:, position[name]] - min(c * lo, c * hi)) * nomo.points_per_lp
+        total = np.sum([points[n] for n in names], axis=0)
+        lp = nomo.lp_at_zero_points + total / nomo.points_per_lp
+        return pd.DataFrame({**points, "total_points": total, "linear_predictor": lp,
+                             "probability": expit(lp)}, index=index)
 
     # description -------------------------------------------------------------------------------
     def describe(self) -> dict[str, object]:

@@ -58,6 +58,8 @@ imaging:
 selection:
   lasso_cv: 3
   lasso_cs: 5
+stability:
+  min_icc: null  # generated columns have no images to perturb, hence no stability table
 """
 
 
