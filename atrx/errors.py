@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from enum import IntEnum
-from typing import Final
+from typing import Any, Final
 
 __all__ = [
     "DEBUG_ENV",
@@ -61,6 +61,27 @@ class AtrxError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # errors cross process boundaries by pickle (Dask workers, spawned processes), and some
+        # subclasses take other constructor arguments than the message (ConfigError: path and
+        # problems): rebuild from the state instead of calling __init__ with ``args``
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls: type[AtrxError], args: tuple[Any, ...], state: dict[str, Any]) -> AtrxError:
+    for base in cls.__mro__:  # the __new__ of the layout base (OSError for a FileNotFoundError mix)
+        new = base.__dict__.get("__new__")
+        if new is None or base is object:
+            continue
+        try:
+            err = new(cls, *args)
+        except TypeError:  # "X.__new__(cls) is not safe": another base owns the instance layout
+            continue
+        err.args = args
+        err.__dict__.update(state)
+        return err
+    raise TypeError(f"cannot rebuild {cls.__name__}")
 
 
 class InputError(AtrxError, ValueError):
