@@ -402,6 +402,10 @@ def test_served_model_needs_only_its_required_features(ws: Workspace, trained) -
     fast_prob, fast_score, fast_points = model.explain(slim)  # what serving calls: bit for bit
     assert np.array_equal(fast_prob, prob) and np.array_equal(fast_score, model.imaging_score(slim))
     pd.testing.assert_frame_equal(fast_points, contrib, check_exact=True)
+    # the per-request numpy arithmetic is the fitted sklearn fusion pipeline's, to rounding
+    design = model._design(slim, model.imaging_score(slim))
+    assert np.allclose(model.decision_function(slim), model.fusion_pipeline_.decision_function(design),
+                       rtol=1e-12, atol=1e-12)
     assert list(contrib.columns[:5]) == ["imaging_score", "age", "sex", "who_grade", "vasari_score"]
     groups = model.risk_group(prob)
     assert set(groups) <= {"high", "low"}
@@ -473,6 +477,26 @@ def test_fusion_fit_equals_protocol_cross_fit(small_protocol) -> None:
     assert np.allclose(alone.fusion_pipeline_[-1].coef_, protocol_model.fusion_pipeline_[-1].coef_)
     # the fusion LR learnt from out-of-fold scores: its imaging weight is sane, not a separator
     assert abs(alone.fusion_pipeline_[-1].coef_[0, 0]) < 10
+
+
+def test_fusion_clinical_selection_by_loco_reaches_the_model_metrics_and_report(small_protocol) -> None:
+    """``fusion.clinical_selection: loco``: the fused LR takes the kept variables, the clinical
+    model all of them, and the run's metrics say which were dropped and why."""
+    from training.protocol import run_protocol
+    from training.study import FusionConfig
+
+    study, frame, sp, plain = small_protocol
+    assert plain.clinical_selection.method == "none"
+    assert list(plain.fusion.clinical_columns) == list(study.clinical_variables)
+    loco = study.model_copy(update={"fusion": FusionConfig(clinical_selection="loco")})
+    result = run_protocol(frame, sp, loco)
+    chosen = result.clinical_selection
+    assert chosen.method == "loco" and chosen.requested == list(study.clinical_variables)
+    assert list(result.fusion.clinical_columns) == chosen.kept
+    assert result.fusion.required_features == [*result.fusion.selected_imaging_features_, *chosen.kept]
+    assert list(result.clinical[0].transformers[0][2]) == list(study.clinical_variables)
+    assert result.to_json()["fusion_clinical_selection"]["kept"] == chosen.kept
+    assert chosen.steps[0]["variables"] == list(study.clinical_variables)
 
 
 def test_unstable_imaging_score_scale_is_reported(caplog: pytest.LogCaptureFixture) -> None:

@@ -256,6 +256,7 @@ class TrainingRun:
                                                  else f"{c['cv_auc_mean']:.3f}")
                 for c in result.classifier_comparison),
             "fusion cutoff": f"{result.fusion.cutoff_:.3f} ({study.cutoff.policy})",
+            "fusion clinical variables": _clinical_line(result),
             "intensity normalisation": normalisation_line(self.levers.get("normalisation")),
             "harmonisation": report_line(self.levers.get("harmonisation")),
             "stability filter": stability_line(self.levers.get("stability")),
@@ -402,3 +403,9 @@ def write_figures(
             title=f"Most shifted inputs of {diagnostics.model} and the fusion")
     return figs
 
+
+def _clinical_line(result: ProtocolResult) -> str:
+    """The fusion LR's clinical variables and, when the study selects them, how."""
+    chosen = result.clinical_selection
+    kept = ", ".join(result.fusion.clinical_columns) or "none (imaging score only)"
+    return kept if chosen is None or chosen.method == "none" else f"{kept}; {chosen.note}"

@@ -39,6 +39,7 @@ from sklearn.base import clone
 from sklearn.pipeline import Pipeline
 
 from training.baseline import BASELINE, BaselineResult, baseline_problem, fit_baseline
+from training.clinical_selection import ClinicalSelection, select_clinical
 from training.dataset import LABEL, Split
 from training.evaluation import (
     BinaryMetrics,
@@ -49,7 +50,7 @@ from training.evaluation import (
     delong_table,
     youden_cutoff,
 )
-from training.fusion import FusionModel, cross_fit
+from training.fusion import FusionModel, cross_fit, encode_clinical
 from training.models import (
     coefficients,
     make_clinical_pipeline,
@@ -110,6 +111,7 @@ class ProtocolResult:
     imaging_score_scale: dict[str, float] = field(default_factory=dict)
     baseline: BaselineResult | None = None
     baseline_note: str | None = None  # why there is no baseline, when there is none
+    clinical_selection: ClinicalSelection | None = None  # the fusion's clinical variables
     seconds: float = 0.0
 
     @property
@@ -149,6 +151,8 @@ class ProtocolResult:
             "classifier_comparison": self.classifier_comparison,
             "clinical_model": {"coefficients": coefficients(self.clinical)},
             "fusion_model": self.fusion.describe(),
+            "fusion_clinical_selection": (None if self.clinical_selection is None
+                                          else self.clinical_selection.to_json()),
             "delong": self.delong,
             "delong_imaging": self.delong_imaging,
             "calibration": self.calibration,
@@ -302,11 +306,15 @@ def run_protocol(
             f"{loco_text}")
     elif study.baseline.enabled:
         log.warning("no first-order baseline: %s", baseline_note)
+    chosen = select_clinical(study.fusion.clinical_selection, best.cross.oof_scores,
+                             encode_clinical(train, clinical_cols), y["train"], loco_groups)
+    if chosen.method != "none":
+        say(f"fusion clinical variables: {', '.join(chosen.kept) or 'none'} ({chosen.note})")
     fusion = FusionModel(
         imaging_pipeline=template,
-        fusion_pipeline=make_fusion_pipeline(("imaging_score", *clinical_cols)),
+        fusion_pipeline=make_fusion_pipeline(("imaging_score", *chosen.kept)),
         imaging_features=best.columns,
-        clinical_columns=clinical_cols,
+        clinical_columns=chosen.kept,
         cutoff=study.cutoff.value if study.cutoff.policy == "fixed" else None,
         cv=study.imaging.cv_folds,
         random_state=study.seeds.cv,
@@ -363,6 +371,7 @@ def run_protocol(
         imaging_score_scale=scale,
         baseline=baseline,
         baseline_note=baseline_note,
+        clinical_selection=chosen,
     )
     result.seconds = time.perf_counter() - t0
     return result

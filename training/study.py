@@ -198,6 +198,17 @@ class NormalisationConfig(StrictModel):
     method: Literal["none", "reference"] = "none"
 
 
+class FusionConfig(StrictModel):
+    """Which clinical variables the fusion LR takes (not in the paper; issue 12).
+
+    ``clinical_selection``: ``none`` = all of ``clinical_variables`` (the paper's); ``loco`` =
+    backward elimination by leave-one-center-out AUC of the fusion LR on the development centers
+    (:mod:`training.clinical_selection`): a variable stays only if what one center teaches about
+    it holds in another. The clinical model keeps every variable either way."""
+
+    clinical_selection: Literal["none", "loco"] = "none"
+
+
 class StabilityConfig(StrictModel):
     """Keep only radiomics features that are stable under small mask and grid perturbations (not
     in the paper; issue 12: the lever that moved held-out-center AUC, docs/training.md).
@@ -254,6 +265,7 @@ class StudyConfig(StrictModel):
         default_factory=lambda: ["age", "sex", "who_grade", "vasari_score"], min_length=1
     )
     cutoff: CutoffConfig = Field(default_factory=CutoffConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
     baseline: BaselineConfig = Field(default_factory=BaselineConfig)
     diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
     normalisation: NormalisationConfig = Field(default_factory=NormalisationConfig)
