@@ -316,7 +316,9 @@ def test_predict_features_without_lookup(server, ws: Workspace, model, patients,
     from feature_repo.store import online_features
 
     pid = patients[2]
-    row = online_features(ws, [pid], model.required_features).iloc[0]
+    # /predict_features takes all four clinical values, whichever the fusion kept
+    row = online_features(ws, [pid], [*model.selected_imaging_features_, "age", "sex", "who_grade",
+                                      "vasari_score"]).iloc[0]
     imaging = {f: float(row[f]) for f in model.selected_imaging_features_}
     clinical = {
         "age": float(row["age"]), "sex": row["sex"], "who_grade": int(row["who_grade"]),

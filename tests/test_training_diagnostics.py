@@ -168,7 +168,8 @@ def test_diagnose_a_protocol_run(protocol_run) -> None:
     diag = diagnose(frame, sp, result, study, progress=lines.append)
     assert diag.model == result.best.spec.label
     sources = {f.feature: f.source for f in diag.shift.features}
-    assert sources["imaging_score"] == "fusion" and sources["age"] == "fusion"
+    assert result.fusion.clinical_columns  # the fusion's clinical inputs (LOCO-selected) are shown
+    assert {f for f, s in sources.items() if s == "fusion"} == {"imaging_score", *result.fusion.clinical_columns}
     assert {f for f, s in sources.items() if s == "imaging"} == set(
         result.fusion.selected_imaging_features_)
     assert diag.stability is not None and diag.stability.n_resamples == 4

@@ -38,6 +38,8 @@ name: fast
 selection:
   lasso_cv: 5
   lasso_cs: 8
+fusion:
+  clinical_selection: none  # the four-variable fusion these tests describe; loco has its own test
 """
 SMALL_STUDY = FAST_STUDY + """\
 imaging:
@@ -497,6 +499,15 @@ def test_fusion_clinical_selection_by_loco_reaches_the_model_metrics_and_report(
     assert list(result.clinical[0].transformers[0][2]) == list(study.clinical_variables)
     assert result.to_json()["fusion_clinical_selection"]["kept"] == chosen.kept
     assert chosen.steps[0]["variables"] == list(study.clinical_variables)
+    # the selection learns from the training rows only: permuted held-out labels change nothing
+    from training.dataset import LABEL
+
+    shuffled = frame.copy()
+    held_out = np.concatenate([sp.validation, sp.test])
+    shuffled.loc[held_out, LABEL] = np.random.default_rng(7).permutation(shuffled.loc[held_out, LABEL].to_numpy())
+    again = run_protocol(shuffled, sp, loco)
+    assert again.clinical_selection.to_json() == chosen.to_json()
+    assert np.allclose(again.fusion.fusion_pipeline_[-1].coef_, result.fusion.fusion_pipeline_[-1].coef_)
 
 
 def test_unstable_imaging_score_scale_is_reported(caplog: pytest.LogCaptureFixture) -> None:

@@ -201,12 +201,13 @@ class NormalisationConfig(StrictModel):
 class FusionConfig(StrictModel):
     """Which clinical variables the fusion LR takes (not in the paper; issue 12).
 
-    ``clinical_selection``: ``none`` = all of ``clinical_variables`` (the paper's); ``loco`` =
-    backward elimination by leave-one-center-out AUC of the fusion LR on the development centers
+    ``clinical_selection``: ``loco`` (the default, measured in docs/training.md) = backward
+    elimination by leave-one-center-out AUC of the fusion LR on the development centers
     (:mod:`training.clinical_selection`): a variable stays only if what one center teaches about
-    it holds in another. The clinical model keeps every variable either way."""
+    it holds in another; ``none`` = all of ``clinical_variables`` (the paper's). The clinical
+    model keeps every variable either way."""
 
-    clinical_selection: Literal["none", "loco"] = "none"
+    clinical_selection: Literal["none", "loco"] = "loco"
 
 
 class StabilityConfig(StrictModel):
