@@ -323,11 +323,13 @@ class Nomogram:
         )
         return cls(clean, float(intercept), clean_ranges, 100.0 / widest, base)
 
-    def variable_points(self, name: str, value: float) -> float:
-        """Points of one variable at ``value`` (values outside its range extrapolate)."""
+    def variable_points(self, name: str, value: float | np.ndarray) -> float | np.ndarray:
+        """Points of one variable at ``value`` (values outside its range extrapolate); an array
+        of values gives an array (serving scores a request's rows at once)."""
         c = self.coefs[name]
         lo, hi = self.ranges[name]
-        return (c * float(value) - min(c * lo, c * hi)) * self.points_per_lp
+        points = (c * np.asarray(value, dtype=np.float64) - min(c * lo, c * hi)) * self.points_per_lp
+        return float(points) if points.ndim == 0 else points
 
     def points(self, values: Mapping[str, float]) -> dict[str, float]:
         """Points of each variable at ``values``."""
@@ -340,9 +342,10 @@ class Nomogram:
         """Sum of the variables' points at ``values``."""
         return float(sum(self.points(values).values()))
 
-    def linear_predictor(self, total_points: float) -> float:
-        """Log-odds corresponding to ``total_points``."""
-        return self.lp_at_zero_points + float(total_points) / self.points_per_lp
+    def linear_predictor(self, total_points: float | np.ndarray) -> float | np.ndarray:
+        """Log-odds corresponding to ``total_points`` (an array gives an array)."""
+        lp = self.lp_at_zero_points + np.asarray(total_points, dtype=np.float64) / self.points_per_lp
+        return float(lp) if lp.ndim == 0 else lp
 
     def probability(self, total_points: float) -> float:
         """Predicted probability corresponding to ``total_points``."""

@@ -365,12 +365,9 @@ class FusionModel(ClassifierMixin, BaseEstimator):
         nomo = self.nomogram_
         position = {n: i for i, n in enumerate([IMAGING_SCORE, *self.clinical_columns])}
         names = list(nomo.coefs)
-        points = {}
-        for name in names:  # Nomogram.variable_points, one column at a time
-            c, (lo, hi) = nomo.coefs[name], nomo.ranges[name]
-            points[name] = (c * design[:, position[name]] - min(c * lo, c * hi)) * nomo.points_per_lp
+        points = {name: nomo.variable_points(name, design[:, position[name]]) for name in names}
         total = np.sum([points[n] for n in names], axis=0)
-        lp = nomo.lp_at_zero_points + total / nomo.points_per_lp
+        lp = nomo.linear_predictor(total)
         return pd.DataFrame({**points, "total_points": total, "linear_predictor": lp,
                              "probability": expit(lp)}, index=index)
 
