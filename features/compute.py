@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +22,7 @@ from atrx.cluster import dask_client
 from atrx.errors import ConflictError, debug_enabled
 from features.context import FeaturesRun
 from features.plan import Target, TargetKey
+from features.radiomics import engine_of
 from features.tasks import DeepItem, RadItem, TaskResult, deep_batch_task, radiomics_study_task
 from features.versioning import features_library_versions
 
@@ -76,14 +77,16 @@ def compute(run: FeaturesRun, batches: Sequence[list[Target]], results: dict[Tar
         check_worker_libraries(client, recipe.libraries)
         futures: dict[Any, list[Target]] = {}
         deep = [b for b in batches if b[0].kind == "dl"]
+        resources = _gpu_resources(client) if run.gpus else None
+        rad_device = radiomics_device(recipe.params, run.gpus)
         for batch in (b for b in batches if b[0].kind == "rad"):
             t = batch[0]
             rad_items: list[RadItem] = [(x.roi, x.sequence) for x in batch]
             fut = client.submit(radiomics_study_task, ws.images, t.zarr_path, rad_items,
-                                recipe.params, pure=False,
-                                key=f"rad-{t.patient_id}-{t.study_id}-v{t.scan_version}-{run.run_id}")
+                                recipe.params, rad_device, pure=False,
+                                key=f"rad-{t.patient_id}-{t.study_id}-v{t.scan_version}-{run.run_id}",
+                                resources=resources if rad_device else None)
             futures[fut] = batch
-        resources = _gpu_resources(client) if run.gpus else None
         for i, batch in enumerate(deep):
             items: list[DeepItem] = [(ws.images, t.zarr_path, t.roi, t.sequence) for t in batch]
             fut = client.submit(deep_batch_task, items, recipe.weights, device, recipe.weights_id,
@@ -108,6 +111,21 @@ def compute(run: FeaturesRun, batches: Sequence[list[Target]], results: dict[Tar
                 label = (f"{first.patient_id} radiomics ({len(batch)} ROIs)" if first.kind == "rad"
                          else f"{len(batch)} crops ({first.patient_id} {first.view} ...)")
                 run.progress(done, len(futures), label)
+
+
+def radiomics_device(params: Mapping[str, Any], gpus: bool) -> str | None:
+    """The atrx engine's torch device for this run: ``"cuda"`` on GPU workers, else None (numba).
+
+    A pyradiomics parameter file keeps radiomics on the workers' CPUs under ``--gpus`` (only the
+    CNN moves), and says so once.
+    """
+    if not gpus:
+        return None
+    if engine_of(params) != "atrx":
+        log.warning("the radiomics parameter file chooses the pyradiomics engine, which has no GPU "
+                    "backend: radiomics runs on the CPUs, the CNN on the GPUs")
+        return None
+    return "cuda"
 
 
 def _task_results(fut: Any, batch: list[Target]) -> list[TaskResult]:

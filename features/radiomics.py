@@ -148,19 +148,28 @@ def extract_radiomics(
 
 
 def extract_radiomics_rois(
-    image: sitk.Image, masks: Mapping[str, sitk.Image], sequence: str, params: Mapping[str, Any]
+    image: sitk.Image, masks: Mapping[str, sitk.Image], sequence: str, params: Mapping[str, Any],
+    device: str | None = None,
 ) -> dict[str, dict[str, float] | FeatureError]:
     """:func:`extract_radiomics` of several ROIs of one image (``{roi: mask}``), in that order.
 
     Why: the atrx engine filters the image once for all of a patient's ROIs
     (:func:`features.engine.batch.extract_rois`, bitwise equal to one ROI at a time). Each ROI gets
     its features or the :class:`FeatureError` saying why it has none; one bad ROI never stops the
-    others. PyRadiomics computes them one after another.
+    others. PyRadiomics computes them one after another. ``device`` (``"cpu"``, ``"cuda"``) runs the
+    atrx engine's firstorder and texture classes on torch (:mod:`features.engine.tensor`, one
+    batched call for all ROIs); None runs its numba backend. Both agree to 1e-10 (tests), so the
+    feature version does not depend on it. PyRadiomics has no device: giving one is an error.
     """
     whats = {roi: f"roi {roi!r} of sequence {sequence!r}" for roi in masks}
     for roi in masks:
         view_name("rad", roi, sequence)
     if engine_of(params) == "pyradiomics":
+        if device is not None:
+            raise RadiomicsParamsError(
+                f"radiomics device {device!r} asked for, but the parameter file chooses the "
+                "pyradiomics engine, which runs on the CPU only",
+                fix="set engine: atrx in the radiomics parameter file, or run without --gpus")
         out: dict[str, dict[str, float] | FeatureError] = {}
         for roi, mask in masks.items():
             try:
@@ -178,7 +187,7 @@ def extract_radiomics_rois(
             checked[roi] = e
     valid = {roi: masks[roi] for roi, c in checked.items() if not isinstance(c, FeatureError)}
     with np.errstate(all="ignore"):
-        raw = extract_rois(image, valid, pyradiomics_params(params)) if valid else {}
+        raw = extract_rois(image, valid, pyradiomics_params(params), device) if valid else {}
     out = {}
     for roi, c in checked.items():
         got = c if isinstance(c, FeatureError) else raw[roi]

@@ -116,13 +116,14 @@ def radiomics_task(images_root: str, zarr_path: str, roi: str, sequence: str,
 
 
 def radiomics_study_task(images_root: str, zarr_path: str, items: Sequence[RadItem],
-                         params: Mapping[str, Any]) -> list[TaskResult]:
+                         params: Mapping[str, Any], device: str | None = None) -> list[TaskResult]:
     """Radiomics of several ROI x sequence targets of one study version; one result per item.
 
     Why one task per study: the version is read once, and each sequence's filters run once for all
     its ROIs (:func:`features.radiomics.extract_radiomics_rois`; per patient 5x pyradiomics against
     3.4x ROI by ROI). The values equal :func:`radiomics_task`'s. Never raises for bad data: each
     item gets its own ``failed``/``error`` result; ``seconds`` is the item's share of its sequence.
+    ``device``: the atrx engine's torch device (``"cuda"`` on GPU workers), None for numba.
     """
     t0 = time.perf_counter()
     results: dict[RadItem, TaskResult] = {}
@@ -143,7 +144,8 @@ def radiomics_study_task(images_root: str, zarr_path: str, items: Sequence[RadIt
         try:
             image = to_sitk(arrays[sequence], geometry)
             got = extract_radiomics_rois(
-                image, {roi: to_sitk(arrays[roi], geometry) for roi in rois}, sequence, params)
+                image, {roi: to_sitk(arrays[roi], geometry) for roi in rois}, sequence, params,
+                device)
             if reference is not None:
                 shell = _shell(arrays, geometry, reference) if shell is None else shell
                 stats = reference_stats(arrays[sequence], shell, reference.min_voxels)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 import yaml
 from engine_cases import Case, brain1, cases
 
@@ -124,14 +125,18 @@ def same_outcome(image: sitk.Image, mask: sitk.Image, params: Mapping[str, Any],
 
 # ---------------------------------------------------------------- the table
 
-#: Backends the table runs on; a later one (e.g. "cuda") is added here and in ``engine``.
-BACKENDS = ["cpu"]
+#: Backends the table runs on: the numba engine ("cpu"), the torch backend on the CPU device
+#: ("torch-cpu", always) and on CUDA ("cuda", where torch sees a GPU: benchmarks/gpu/check.sh).
+BACKENDS = ["cpu", "torch-cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 PARAMS = {"ours": OURS, "pyradiomics": PYRADIOMICS_PARAMS}
 
 
 def engine(backend: str) -> Callable[[sitk.Image, sitk.Image, Mapping[str, Any]], dict[str, float]]:
     if backend == "cpu":
         return extract
+    if backend in ("torch-cpu", "cuda"):
+        device = "cpu" if backend == "torch-cpu" else "cuda"
+        return lambda image, mask, params: extract(image, mask, params, device=device)
     raise ValueError(f"unknown backend {backend!r}")
 
 

@@ -18,9 +18,16 @@ from atrx.catalog import StudyVersion
 from atrx.errors import DEBUG_ENV, AtrxError, ExitCode
 from atrx.imagestore import IncompleteVersionError, version_path, write_version
 from atrx.names import SEQUENCES, all_views, view_name
-from features.compute import Outcome, _task_results, batch_targets, check_outcome
-from features.errors import FeatureError, FeaturesJobError, WeightsError, WeightsNotFoundError
+from features.compute import Outcome, _task_results, batch_targets, check_outcome, radiomics_device
+from features.errors import (
+    FeatureError,
+    FeaturesJobError,
+    RadiomicsParamsError,
+    WeightsError,
+    WeightsNotFoundError,
+)
 from features.plan import Target, pending_targets
+from features.radiomics import extract_radiomics_rois
 from features.tasks import TaskResult, deep_batch_task, radiomics_study_task, radiomics_task
 from features.versioning import features_library_versions, pyradiomics_version
 
@@ -162,6 +169,32 @@ def test_study_task_equals_one_task_per_roi(store, engine) -> None:
     gone = radiomics_study_task(root, broken, items[:2], params)
     assert [r.status for r in gone] == ["error", "error"]
     assert "rad_edema_t1c of c1/A-x/S-x/v2" in gone[1].reason
+
+
+def test_study_task_on_the_torch_backend_agrees_and_names_bad_rois(store) -> None:
+    """``device`` (what ``--gpus`` passes as "cuda") runs the torch backend: same keys in the same
+    order, values within 1e-9 of numba's, the bad ROI still ``failed`` with its reason."""
+    root, good, _ = store
+    params = {**PARAMS, "engine": "atrx", "imageType": {"Original": {}, "LoG": {"sigma": [1.0]}},
+              "featureClass": {"firstorder": [], "glcm": [], "glszm": []}}
+    items = [("tumor", "t1c"), ("edema", "t1c"), ("overall", "t2f")]
+    numba = radiomics_study_task(root, good, items, params)
+    torch_cpu = radiomics_study_task(root, good, items, params, "cpu")
+    assert [r.status for r in torch_cpu] == [r.status for r in numba] == ["ok", "failed", "ok"]
+    assert "rad_edema_t1c of c1/A-x/S-x/v1" in torch_cpu[1].reason
+    for a, b in ((numba[0], torch_cpu[0]), (numba[2], torch_cpu[2])):
+        assert list(a.values) == list(b.values)
+        np.testing.assert_allclose(list(b.values.values()), list(a.values.values()), rtol=1e-9, atol=1e-12)
+
+
+def test_gpus_choose_the_radiomics_device_by_engine(caplog) -> None:
+    assert radiomics_device({**PARAMS, "engine": "atrx"}, gpus=False) is None
+    assert radiomics_device({**PARAMS, "engine": "atrx"}, gpus=True) == "cuda"
+    assert radiomics_device({**PARAMS, "engine": "pyradiomics"}, gpus=True) is None
+    assert "no GPU backend" in caplog.text
+    with pytest.raises(RadiomicsParamsError, match="pyradiomics engine") as info:
+        extract_radiomics_rois(None, {}, "t1c", {**PARAMS, "engine": "pyradiomics"}, "cuda")
+    assert "engine: atrx" in info.value.fix
 
 
 def test_pending_skips_only_rows_settled_at_the_current_version() -> None:

@@ -3,6 +3,7 @@ pyradiomics 3.0.1, on the same ROIs, with all features of the parameter file inc
 
     .venv/bin/python benchmarks/radiomics/run.py [--sizes 5000 30000 100000] [--repeats 3]
         [--patient-sizes 30000] [--params features/params/radiomics.yaml] [--no-write]
+        [--device cpu|cuda [--batch-patients 8] [--pyradiomics-repeats 1]]
 
 ROIs: irregular z-scored lesions of about the given voxel counts in a 1 mm volume with 20 mm of
 margin (as ingest writes them). One process, one thread for SimpleITK, BLAS and numba: "per core".
@@ -15,6 +16,13 @@ a lesion of about ``--patient-sizes`` voxels, tumor = its core eroded by 4 voxel
 overall minus tumor). Ours runs them in one ``extract_rois`` call (each filter once per source,
 features.engine.batch) and, for comparison, one ``extract`` per ROI; pyradiomics runs per ROI.
 The ratio is ROIs per second per core, i.e. the ratio of the times for the three ROIs.
+
+``--device cpu|cuda`` runs ours on the torch backend (features.engine.tensor: firstorder and the
+texture classes on that device, filters and shape on the numpy engine) instead of the numba path,
+and adds a batched table: ``--batch-patients`` patients' ROIs (three each, of the first
+``--patient-sizes``) filtered on the host, then all their (ROI, image) jobs in one torch call,
+against the numba path on the same filtered images (both timings include discretisation, not
+filtering). ``--pyradiomics-repeats`` (default ``--repeats``) shortens pyradiomics' side.
 """
 
 from __future__ import annotations
@@ -92,7 +100,8 @@ def patient(voxels: int, seed: int) -> tuple[sitk.Image, dict[str, sitk.Image]]:
     return image, {"edema": edema, "tumor": core, "overall": overall}
 
 
-def patient_rows(sizes: list[int], repeats: int, params: dict) -> list[str]:
+def patient_rows(sizes: list[int], repeats: int, params: dict, device: str | None = None,
+                 ref_repeats: int | None = None) -> list[str]:
     """The per-patient table: ours per patient and per ROI against pyradiomics per ROI."""
     from features.engine import extract
     from features.engine.batch import extract_rois
@@ -102,11 +111,13 @@ def patient_rows(sizes: list[int], repeats: int, params: dict) -> list[str]:
     for i, size in enumerate(sizes):
         image, masks = patient(size, seed=100 + i)
         counts = [int(sitk.GetArrayViewFromImage(m).sum()) for m in masks.values()]
-        batch_s, batch = best_of(lambda im=image, ms=masks: extract_rois(im, ms, params), repeats)
-        roi_s, _ = best_of(lambda im=image, ms=masks: [extract(im, m, params) for m in ms.values()],
-                           repeats)
+        batch_s, batch = best_of(lambda im=image, ms=masks: extract_rois(im, ms, params, device),
+                                 repeats)
+        roi_s, _ = best_of(lambda im=image, ms=masks: [extract(im, m, params, device)
+                                                      for m in ms.values()], repeats)
         ref_s, refs = best_of(lambda im=image, ms=masks: [extract_pyradiomics(im, m, params)
-                                                          for m in ms.values()], repeats)
+                                                          for m in ms.values()],
+                              repeats if ref_repeats is None else ref_repeats)
         diff = max(max_rel_diff(batch[name], {k: v for k, v in ref.items()
                                               if not k.startswith("diagnostics_")})
                    for name, ref in zip(masks, refs, strict=True))
@@ -117,11 +128,65 @@ def patient_rows(sizes: list[int], repeats: int, params: dict) -> list[str]:
                     f"| {ref_s / batch_s:.1f} | {ref_s / roi_s:.1f} | {roi_s / batch_s:.2f} "
                     f"| {diff:.1e} |\n")
     return ["\nPer patient: three nested ROIs of one image (edema / tumor / overall voxels), ours "
-            "in one `extract_rois` call (each filter once per source) and per ROI, pyradiomics per "
-            "ROI; ratios are ROIs/s per core.\n\n",
+            f"({device or 'numba'}) in one `extract_rois` call (each filter once per source) and "
+            "per ROI, pyradiomics per ROI; ratios are ROIs/s per core.\n\n",
             "| ROI voxels | ours per patient s | ours per ROI s | pyradiomics s | ratio per patient "
             "(ours / pyradiomics) | ratio per ROI | per patient / per ROI | max rel diff |\n"
             "|---|---|---|---|---|---|---|---|\n", *rows]
+
+
+def batched_rows(n_patients: int, size: int, repeats: int, params: dict, device: str
+                 ) -> list[str]:
+    """ROIs per second of the texture work of ``n_patients`` patients: one torch call against the
+    numba path, on the same filtered images (discretisation included, filtering not)."""
+    from features.engine import filters
+    from features.engine.extract import add_image_features
+    from features.engine.geometry import RoiGeometry
+    from features.engine.settings import parse_params
+    from features.engine.tensor.driver import TextureJobs
+
+    engine_params = parse_params(params)
+    work = []  # (ROI, image name, filtered box, geometry, image type, spacing)
+    for p in range(n_patients):
+        image, masks = patient(size, seed=300 + p)
+        for name, mask in masks.items():
+            roi = filters.prepare(image, mask, engine_params)
+            geometry = RoiGeometry.from_mask(roi.mask)
+            for image_type in engine_params.image_types:
+                for image_name, array in filters.images(roi, image_type):
+                    work.append((f"{p}/{name}", image_name, array, geometry, image_type,
+                                 roi.spacing))
+    n_rois = 3 * n_patients
+
+    def torch_run() -> dict[str, dict[str, float]]:
+        outs: dict[str, dict[str, float]] = {}
+        jobs = TextureJobs(engine_params, device)
+        for roi, image_name, array, geometry, image_type, spacing in work:
+            jobs.add(roi, outs.setdefault(roi, {}), image_name, array, geometry, image_type,
+                     spacing)
+        assert not jobs.run()
+        return outs
+
+    def numba_run() -> dict[str, dict[str, float]]:
+        outs: dict[str, dict[str, float]] = {}
+        for roi, image_name, array, geometry, image_type, spacing in work:
+            add_image_features(outs.setdefault(roi, {}), image_name, array, geometry, image_type,
+                               engine_params, spacing)
+        return outs
+
+    torch_s, got = best_of(torch_run, repeats)
+    numba_s, ref = best_of(numba_run, repeats)
+    diff = max(max_rel_diff(got[k], ref[k]) for k in ref)
+    print(f"batched: {n_patients} patients, {n_rois} ROIs, {len(work)} jobs: torch ({device}) "
+          f"{torch_s:.3f} s = {n_rois / torch_s:.2f} ROIs/s, numba {numba_s:.3f} s = "
+          f"{n_rois / numba_s:.2f} ROIs/s (max rel diff {diff:.1e})", flush=True)
+    return [f"\nBatched ({device}): {n_patients} patients x 3 ROIs of a {size}-voxel lesion, "
+            f"{len(work)} (ROI, image) jobs in one torch call against the numba path on the same "
+            "filtered images (discretisation included, filtering not).\n\n",
+            "| ROIs | jobs | torch s | torch ROIs/s | numba s | numba ROIs/s | max rel diff |\n"
+            "|---|---|---|---|---|---|---|\n",
+            f"| {n_rois} | {len(work)} | {torch_s:.3f} | {n_rois / torch_s:.2f} | {numba_s:.3f} "
+            f"| {n_rois / numba_s:.2f} | {diff:.1e} |\n"]
 
 
 def main() -> None:
@@ -132,32 +197,52 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--params", default=str(ROOT / "features" / "params" / "radiomics.yaml"))
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default=None,
+                    help="run ours on the torch backend on this device (default: the numba path)")
+    ap.add_argument("--batch-patients", type=int, default=8,
+                    help="with --device: patients in the batched table (0: no table)")
+    ap.add_argument("--pyradiomics-repeats", type=int, default=None,
+                    help="repeats of pyradiomics' side (default: --repeats)")
     args = ap.parse_args()
+    ref_repeats = args.repeats if args.pyradiomics_repeats is None else args.pyradiomics_repeats
     logging.getLogger("radiomics").setLevel(logging.ERROR)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
     from features.engine import ENGINE_NAME, ENGINE_VERSION, extract
-    from features.radiomics import extract_pyradiomics, load_params
+    from features.radiomics import extract_pyradiomics, load_params, pyradiomics_params
 
-    params = load_params(args.params)
+    # without our own keys (engine, reference), as the features job hands both engines the file
+    params = pyradiomics_params(load_params(args.params))
+    device_title = device_flags = ""
+    if args.device:
+        import torch
+
+        from features.engine.tensor import resolve_device
+
+        resolve_device(args.device)  # a clear error before any work
+        gpu = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+        device_title = f", torch backend on {args.device} ({gpu}, torch {torch.__version__})"
+        device_flags = (f" --device {args.device} --batch-patients {args.batch_patients} "
+                        f"--pyradiomics-repeats {ref_repeats}")
     rows = []
     for i, size in enumerate(args.sizes):
         image, mask = lesion(size, seed=i)
         n = int(sitk.GetArrayViewFromImage(mask).sum())
-        ours_s, ours = best_of(lambda im=image, m=mask: extract(im, m, params), args.repeats)
+        ours_s, ours = best_of(lambda im=image, m=mask: extract(im, m, params, args.device),
+                               args.repeats)
         ref_s, ref = best_of(lambda im=image, m=mask: extract_pyradiomics(im, m, params),
-                             args.repeats)
+                             ref_repeats)
         ref = {k: v for k, v in ref.items() if not k.startswith("diagnostics_")}
         diff = max_rel_diff(ours, ref)
         rows.append((size, n, len(ref), ours_s, ref_s, diff))
         print(f"{n} voxels, {len(ref)} features: ours {ours_s:.3f} s, pyradiomics {ref_s:.3f} s "
               f"-> {ref_s / ours_s:.1f}x (max rel diff {diff:.1e})", flush=True)
     lines = [
-        f"\n### Radiomics engine, {dt.date.today()} ({platform.machine()}, 1 thread, load average "
-        f"at start {', '.join(f'{x:.1f}' for x in os.getloadavg())})\n\n",
+        f"\n### Radiomics engine{device_title}, {dt.date.today()} ({platform.machine()}, 1 "
+        f"thread, load average at start {', '.join(f'{x:.1f}' for x in os.getloadavg())})\n\n",
         f"Command: `.venv/bin/python benchmarks/radiomics/run.py --sizes "
         f"{' '.join(map(str, args.sizes))} --patient-sizes {' '.join(map(str, args.patient_sizes))} "
-        f"--repeats {args.repeats}` "
+        f"--repeats {args.repeats}{device_flags}` "
         f"({Path(args.params).name}; {ENGINE_NAME} {ENGINE_VERSION} vs pyradiomics 3.0.1)\n\n",
     ]
     if rows:
@@ -171,7 +256,10 @@ def main() -> None:
             f"| all | | {total_ours:.3f} | {total_ref:.3f} | {total_ref / total_ours:.1f} | |\n",
         ]
     if args.patient_sizes:
-        lines += patient_rows(args.patient_sizes, args.repeats, params)
+        lines += patient_rows(args.patient_sizes, args.repeats, params, args.device, ref_repeats)
+    if args.device and args.batch_patients:
+        lines += batched_rows(args.batch_patients, (args.patient_sizes or [30000])[0],
+                              args.repeats, params, args.device)
     publish("".join(lines), write=not args.no_write)
 
 

@@ -37,18 +37,21 @@ Without ``preCrop`` every ROI's crop is the whole image and every filter runs on
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pywt
 import SimpleITK as sitk
 
 from features.engine import filters
-from features.engine.extract import add_image_features, shape_entries
+from features.engine.extract import add_image_features, shape_entries, texture_jobs
 from features.engine.filters import Roi
 from features.engine.geometry import RoiGeometry
 from features.engine.settings import EngineParams, ImageTypeParams, parse_params
 from features.errors import FeatureError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["LOG_MARGIN", "extract_rois", "extract_rois_parsed"]
 
@@ -60,20 +63,24 @@ Region = tuple[tuple[int, ...], tuple[int, ...]]
 """(z, y, x) start and stop of a crop in the input image's index space."""
 
 
-def extract_rois(image: sitk.Image, masks: Mapping[str, sitk.Image], params: Mapping[str, Any]
+def extract_rois(image: sitk.Image, masks: Mapping[str, sitk.Image], params: Mapping[str, Any],
+                 device: str | torch.device | None = None
                  ) -> dict[str, dict[str, float] | FeatureError]:
     """:func:`features.engine.extract` of every ROI of ``masks`` in ``image``, filters shared.
 
     Returns, in the order of ``masks``, each ROI's features (the keys and values ``extract`` gives),
     or the ``FeatureError`` naming why pyradiomics would refuse that ROI; one bad ROI never stops
     the others. Raises ``RadiomicsParamsError`` for parameters the engine does not compute.
+    ``device``: as for :func:`features.engine.extract.extract` (one batched call for all ROIs).
     """
-    return extract_rois_parsed(image, masks, parse_params(params))
+    return extract_rois_parsed(image, masks, parse_params(params), device)
 
 
-def extract_rois_parsed(image: sitk.Image, masks: Mapping[str, sitk.Image], params: EngineParams
+def extract_rois_parsed(image: sitk.Image, masks: Mapping[str, sitk.Image], params: EngineParams,
+                        device: str | torch.device | None = None
                         ) -> dict[str, dict[str, float] | FeatureError]:
     """:func:`extract_rois` with parameters already parsed."""
+    jobs = None if device is None else texture_jobs(params, device)
     results: dict[str, dict[str, float] | FeatureError] = {}
     todo: dict[str, tuple[Roi, RoiGeometry]] = {}
     for name, mask in masks.items():
@@ -94,12 +101,17 @@ def extract_rois_parsed(image: sitk.Image, masks: Mapping[str, sitk.Image], para
             roi, geometry = todo[name]
             out = results[name]
             assert isinstance(out, dict)
+            if jobs is not None:  # the torch backend: computed below, in one call
+                jobs.add(name, out, image_name, array, geometry, image_type, roi.spacing)
+                continue
             try:
                 add_image_features(out, image_name, array, geometry, image_type, params,
                                    roi.spacing)
             except FeatureError as e:
                 results[name] = e
                 del todo[name]
+    if jobs is not None:
+        results.update(jobs.run())
     return results
 
 

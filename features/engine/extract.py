@@ -8,7 +8,7 @@ and handed to every texture class.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import SimpleITK as sitk
@@ -26,31 +26,57 @@ from features.engine.ngtdm import ngtdm_from_levels
 from features.engine.settings import EngineParams, ImageTypeParams, parse_params
 from features.engine.shape import shape_features
 
+if TYPE_CHECKING:
+    import torch
+
+    from features.engine.tensor.driver import TextureJobs
+
 __all__ = ["add_image_features", "extract", "extract_parsed", "shape_entries"]
 
 
-def extract(image: sitk.Image, mask: sitk.Image, params: Mapping[str, Any]) -> dict[str, float]:
+def extract(image: sitk.Image, mask: sitk.Image, params: Mapping[str, Any],
+            device: str | torch.device | None = None) -> dict[str, float]:
     """pyradiomics' features of the ROI ``mask`` (``setting.label``) in ``image``, no diagnostics.
 
     Keys and order are those of ``RadiomicsFeatureExtractor(params).execute(image, mask)``
     ("original_shape_MeshVolume", "wavelet-LLH_glcm_Contrast", ...). Raises
     ``RadiomicsParamsError`` for parameters the engine does not compute and ``FeatureError``
     (naming the reason) for a ROI pyradiomics refuses.
+
+    ``device`` None runs the numba engine; a torch device (``"cpu"``, ``"cuda"``) runs firstorder
+    and the texture classes of all images in one batched call of :mod:`features.engine.tensor`.
     """
-    return extract_parsed(image, mask, parse_params(params))
+    return extract_parsed(image, mask, parse_params(params), device)
 
 
-def extract_parsed(image: sitk.Image, mask: sitk.Image, params: EngineParams) -> dict[str, float]:
+def extract_parsed(image: sitk.Image, mask: sitk.Image, params: EngineParams,
+                   device: str | torch.device | None = None) -> dict[str, float]:
     """:func:`extract` with parameters already parsed (parse once, extract many ROIs)."""
+    jobs = None if device is None else texture_jobs(params, device)
     roi = filters.prepare(image, mask, params)
     out = shape_entries(roi, params)
     if not params.texture_classes:
         return out
     geometry = RoiGeometry.from_mask(roi.mask)
+    if jobs is not None:
+        for image_type in params.image_types:
+            for image_name, array in filters.images(roi, image_type):
+                jobs.add("roi", out, image_name, array, geometry, image_type, roi.spacing)
+        errors = jobs.run()
+        if errors:
+            raise errors["roi"]
+        return out
     for image_type in params.image_types:
         for image_name, array in filters.images(roi, image_type):
             add_image_features(out, image_name, array, geometry, image_type, params, roi.spacing)
     return out
+
+
+def texture_jobs(params: EngineParams, device: str | torch.device) -> TextureJobs:
+    """The torch backend's collector, imported only when asked for (torch loads in seconds)."""
+    from features.engine.tensor.driver import TextureJobs
+
+    return TextureJobs(params, device)
 
 
 def shape_entries(roi: filters.Roi, params: EngineParams) -> dict[str, float]:
