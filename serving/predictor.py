@@ -81,9 +81,10 @@ class FusionPredictor:
             raise CenterNotServable(str(exc)) from None
         groups = model.risk_group(prob)
         variables = [c for c in points.columns if c not in _NOT_POINTS]
+        # columns as arrays: a row Series per patient cost more than the model's arithmetic
+        columns = {c: points[c].to_numpy() for c in [*variables, "total_points"]}
         out = []
         for i, pid in enumerate(patient_ids):
-            row = points.iloc[i]
             out.append(
                 Prediction(
                     patient_id=pid,
@@ -91,8 +92,8 @@ class FusionPredictor:
                     risk_group=str(groups[i]),
                     cutoff=float(model.cutoff_),
                     imaging_score=finite(score[i]),
-                    contributions={v: finite(row[v]) for v in variables},
-                    total_points=finite(row["total_points"]),
+                    contributions={v: finite(columns[v][i]) for v in variables},
+                    total_points=finite(columns["total_points"][i]),
                     model_version=self.served.tag,
                     feature_timestamps=dict(timestamps[i]) if timestamps else {},
                 )
