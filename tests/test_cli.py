@@ -92,3 +92,22 @@ def test_help_lists_every_command() -> None:
     for command in ("synth", "center", "ingest", "features", "train", "retrain", "models",
                     "materialize", "serve", "predict", "demo"):
         assert command in result.stdout
+
+
+def test_ingest_preprocess_file_is_validated_naming_file_and_key(tmp_path: Path) -> None:
+    """``atrx ingest --preprocess FILE``: a key PreprocessParams does not have is bad input that
+    names the file and the key, before any center is read; the shipped example file loads."""
+    from atrx.config.base import load_yaml_model
+    from ingest.preprocess import PreprocessParams
+
+    bad = tmp_path / "preprocess.yaml"
+    bad.write_text("reg_sampling_strategy: lattice\nreg_max_sample: 25000\n")
+    result = runner.invoke(app, ["ingest", str(tmp_path / "no-center.yaml"), "--home", str(tmp_path),
+                                 "--preprocess", str(bad)])
+    assert result.exit_code == ExitCode.BAD_INPUT
+    assert str(bad) in result.stderr and "reg_max_sample" in result.stderr
+    example = Path(__file__).resolve().parents[1] / "ingest" / "preprocess" / "fast.yaml"
+    params = load_yaml_model(PreprocessParams, example)
+    assert (params.reg_sampling_strategy, params.reg_max_samples, params.n4_field_interpolation) == (
+        "lattice", 25_000, "separable")
+    assert params.digest() != PreprocessParams().digest()

@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # the stages are imported inside the commands, so --help stay
     from atrx.config.center import CenterConfig
     from atrx.workspace import Workspace
     from ingest.driver import IngestSummary
+    from ingest.preprocess import PreprocessParams
     from ingest.synth import CohortSummary
 
 
@@ -116,21 +117,27 @@ def ingest(
     home: HomeOpt = None,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
+    preprocess: Annotated[Path | None, typer.Option(
+        "--preprocess", help="YAML of preprocessing parameters (PreprocessParams keys), e.g. "
+                             "ingest/preprocess/fast.yaml")] = None,
 ) -> None:
     """Ingest centers into <home>/images.zarr and <home>/catalog.duckdb on a Dask cluster."""
+    from atrx.config.base import load_yaml_model
     from atrx.config.center import load_center
     from atrx.ui import console
     from atrx.workspace import Workspace
     from ingest.driver import check_key
+    from ingest.preprocess import PreprocessParams
 
     ws = Workspace.at(home)
+    params = load_yaml_model(PreprocessParams, preprocess) if preprocess is not None else None
     cfgs = [load_center(c) for c in configs]
     for cfg in cfgs:  # every key (and its fingerprint in the catalog) before the first center starts
         check_key(ws, cfg.center, cfg.deid.resolve_key())
     con = console()
     any_quarantined = False
     for cfg in cfgs:
-        summary = ingest_one(con, cfg, ws, scheduler, workers)
+        summary = ingest_one(con, cfg, ws, scheduler, workers, params)
         any_quarantined |= summary.studies["quarantined"] > 0 or summary.patients_quarantined > 0
     con.print(f"workspace: {ws.home}")
     if any_quarantined:
@@ -138,14 +145,15 @@ def ingest(
 
 
 def ingest_one(con: Any, cfg: CenterConfig, ws: Workspace, scheduler: str | None,
-               workers: int | None) -> IngestSummary:
+               workers: int | None, params: PreprocessParams | None = None) -> IngestSummary:
     """Ingest one center with a progress bar, write its onboarding report, print its summary and
     quarantine. A report that cannot be written is a warning: the ingest itself is recorded."""
     from atrx.ui import kv_table, progress_bar, rows_table
     from ingest.driver import run_ingest
 
     with progress_bar(con, f"ingesting center {cfg.center}", 1) as update:
-        summary = run_ingest(cfg, ws, scheduler=scheduler, workers=workers, progress=update)
+        summary = run_ingest(cfg, ws, scheduler=scheduler, workers=workers, params=params,
+                             progress=update)
     report = _onboarding_report(con, summary, ws)
     con.print(kv_table(f"ingest summary: center {cfg.center}", [*summary.rows(), ("onboarding report", report)]))
     blocking = [q for q in summary.quarantined if q["blocking"]]

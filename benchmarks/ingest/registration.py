@@ -47,24 +47,45 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "at most 50k samples per level": {"reg_max_samples": 50_000},
     "at most 25k samples per level": {"reg_max_samples": 25_000},
     "at most 50k samples, min step 1e-3 mm": {"reg_max_samples": 50_000, "min_step": 1e-3},
+    "1.2.0 (random points, at most 100k per level)": {"reg_sampling_strategy": "random",
+                                                      "reg_max_samples": 100_000},
+    "random points, at most 25k per level": {"reg_sampling_strategy": "random", "reg_max_samples": 25_000},
+    "lattice points, at most 25k per level": {"reg_sampling_strategy": "lattice", "reg_max_samples": 25_000},
+    "lattice points, at most 50k per level": {"reg_sampling_strategy": "lattice", "reg_max_samples": 50_000},
 }
 
 
+class _Captured(Exception):
+    """Raised by the patched fit to stop the pipeline once it has handed over its pair."""
+
+
 def pairs(cohort: Path, per_center: int) -> list[tuple[str, sitk.Image, sitk.Image]]:
-    """(raw id, fixed, moving) exactly as the pipeline hands them to registration."""
+    """(raw id, fixed, moving) exactly as the pipeline hands them to registration (the pipeline
+    runs up to the fit and stops there)."""
     got: list[tuple[str, sitk.Image, sitk.Image]] = []
     real = steps.fit_rigid
-    for path in sorted((cohort / "centers").glob("*.yaml")):
-        cfg = load_center(path)
-        for plan in [p for p in plan_center(cfg, "benchmark-key-" * 3).patients if p.ok][:per_center]:
-            study = plan.studies[0]
-            steps.fit_rigid = lambda f, m, p, rid=plan.raw_id: (got.append((rid, f, m)), real(f, m, p))[1]
-            images = {"t1c": read_image(study.t1c), "t2f": read_image(study.t2f)}
-            masks = {m: read_mask(getattr(study, m), getattr(cfg.masks, m),
-                                  images[getattr(cfg.masks, m).space], m) for m in ("lesion", "tumor")}
-            pipeline.preprocess_study(images["t1c"], images["t2f"], masks["lesion"], cfg.masks.lesion.space,
-                                      masks["tumor"], cfg.masks.tumor.space, PreprocessParams())
-    steps.fit_rigid = real
+
+    def capture(fixed: sitk.Image, moving: sitk.Image, _params: Any, rid: str) -> Any:
+        got.append((rid, fixed, moving))
+        raise _Captured
+
+    try:
+        for path in sorted((cohort / "centers").glob("*.yaml")):
+            cfg = load_center(path)
+            for plan in [p for p in plan_center(cfg, "benchmark-key-" * 3).patients if p.ok][:per_center]:
+                study = plan.studies[0]
+                steps.fit_rigid = lambda f, m, p, rid=plan.raw_id: capture(f, m, p, rid)
+                images = {"t1c": read_image(study.t1c), "t2f": read_image(study.t2f)}
+                masks = {m: read_mask(getattr(study, m), getattr(cfg.masks, m),
+                                      images[getattr(cfg.masks, m).space], m) for m in ("lesion", "tumor")}
+                try:
+                    pipeline.preprocess_study(images["t1c"], images["t2f"], masks["lesion"],
+                                              cfg.masks.lesion.space, masks["tumor"], cfg.masks.tumor.space,
+                                              PreprocessParams())
+                except _Captured:
+                    pass
+    finally:
+        steps.fit_rigid = real
     return got
 
 

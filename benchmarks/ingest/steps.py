@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 import time
@@ -94,7 +95,8 @@ def main() -> None:
     shapes = sorted({r[1] for r in rows})
     source = "--cohort DIR" if args.cohort else f"--scale {args.scale}"
     command = (f".venv/bin/python benchmarks/ingest/steps.py {source} --per-center {args.per_center}"
-               + "".join(f" --against {k}={v}" for k, v in against.items()))
+               + (" --against " + " ".join(shlex.quote(f"{k}={v}") for k, v in against.items())
+                  if against else ""))
     lines = [
         f"\n### Ingest steps, {dt.date.today()} ({platform.machine()}, 1 thread, load average at start {load})\n",
         f"Command: `{command}`. {len(rows)} patients, output grids {', '.join(shapes)} (z, y, x); "

@@ -13,6 +13,7 @@ from typing import Any, TypedDict
 import numpy as np
 import SimpleITK as sitk
 
+from ingest.preprocess.field import SEPARABLE, field_on_grid, shares_grid_frame
 from ingest.preprocess.ops import check_same_geometry, from_array, require_3d
 from ingest.preprocess.params import (
     FIELD_DECIMALS,
@@ -123,12 +124,25 @@ def _fit_log_bias(image: sitk.Image, mask: sitk.Image, shrink_factors: list[int]
     return from_array(values, coarse)
 
 
-def apply_log_bias(image: sitk.Image, coarse_log_bias: sitk.Image) -> sitk.Image:
-    """float32 ``image / exp(field)``, the coarse field cubic-B-spline interpolated."""
-    field = sitk.Resample(coarse_log_bias, image, sitk.Transform(3, sitk.sitkIdentity),
-                          sitk.sitkBSpline, 0.0, sitk.sitkFloat64)
+def apply_log_bias(image: sitk.Image, coarse_log_bias: sitk.Image, interpolation: str | None = None
+                   ) -> sitk.Image:
+    """float32 ``image / exp(field)``, the coarse field cubic-B-spline interpolated.
+
+    ``interpolation``: None (``sitk.Resample``; records without ``field_interpolation``) or
+    :data:`~ingest.preprocess.field.SEPARABLE` (one axis at a time, ``n4_field_interpolation:
+    separable``; the record names it, so a replay applies the field the same way).
+    """
+    if interpolation == SEPARABLE and shares_grid_frame(coarse_log_bias, image):
+        field = field_on_grid(coarse_log_bias, image)
+    elif interpolation in (None, SEPARABLE):
+        field = sitk.GetArrayFromImage(sitk.Resample(
+            coarse_log_bias, image, sitk.Transform(3, sitk.sitkIdentity), sitk.sitkBSpline, 0.0,
+            sitk.sitkFloat64))
+    else:
+        raise PreprocessError(f"unknown N4 field interpolation {interpolation!r}",
+                              fix="replay the record with the preprocess version that wrote it")
     arr = sitk.GetArrayViewFromImage(image).astype(np.float64)
-    return from_array((arr / np.exp(sitk.GetArrayViewFromImage(field))).astype(np.float32), image)
+    return from_array((arr / np.exp(field)).astype(np.float32), image)
 
 
 def fit_n4(img: sitk.Image, mask: sitk.Image | None, params: PreprocessParams, what: str
@@ -175,23 +189,48 @@ def n4_bias_correct(image: sitk.Image, mask: sitk.Image | None, params: Preproce
     """
     img = sitk.Cast(image, sitk.sitkFloat32)
     coarse, _ = fit_n4(img, mask, params, "image")
-    return apply_log_bias(img, coarse)
+    return apply_log_bias(img, coarse,
+                          SEPARABLE if params.n4_field_interpolation == "separable" else None)
 
 
 # --------------------------------------------------------------------------------------------
 # rigid registration
 
 
+def _level_size(fixed: sitk.Image, factor: int) -> list[int]:
+    """The fixed image's size at a pyramid level (ITK's shrink: floor, at least 1)."""
+    return [max(1, int(n) // int(factor)) for n in fixed.GetSize()]
+
+
+def lattice_stride(size: list[int], target: float) -> int:
+    """The smallest stride >= ``target`` sharing no factor with the row and column lengths.
+
+    ITK's REGULAR sampling takes every stride-th voxel in memory order; a stride with a common
+    factor with the row length visits only some columns (e.g. stride 120 on rows of 200: five
+    sagittal planes).
+    """
+    stride = max(1, math.ceil(target))
+    while math.gcd(stride, size[0]) != 1 or math.gcd(stride, size[1]) != 1:
+        stride += 1
+    return stride
+
+
 def sampling_per_level(fixed: sitk.Image, params: PreprocessParams) -> list[float]:
     """The share of each level's voxels the metric draws: ``reg_sampling``, capped so that no
     level draws more than ``reg_max_samples`` points (a level's grid is the fixed image shrunk by
     its factor). Mattes MI needs no more for six parameters; the finest level of a clinical T1c
-    would otherwise draw a million."""
+    would otherwise draw a million. With the "lattice" strategy the share is one over a stride
+    (:func:`lattice_stride`; ITK takes ``ceil(1 / share)`` as the stride, hence the half)."""
     out = []
     for f in params.reg_shrink_factors:
-        voxels = float(np.prod([max(1, int(n) // int(f)) for n in fixed.GetSize()]))
+        size = _level_size(fixed, f)
+        voxels = float(np.prod(size))
         cap = 1.0 if params.reg_max_samples is None else params.reg_max_samples / voxels
-        out.append(float(min(params.reg_sampling, cap, 1.0)))
+        share = float(min(params.reg_sampling, cap, 1.0))
+        if params.reg_sampling_strategy == "lattice":
+            stride = lattice_stride(size, 1.0 / share)
+            share = 1.0 if stride == 1 else 1.0 / (stride - 0.5)
+        out.append(share)
     return out
 
 
@@ -207,6 +246,9 @@ def rigid_settings(params: PreprocessParams) -> dict[str, Any]:
         "optimizer": {"kind": "regular_step_gd", "learning_rate_mm": REG_LEARNING_RATE_MM,
                       "min_step": REG_MIN_STEP, "relaxation": REG_RELAXATION},
         "moving_gradient_filter": False, "work_units": 1,
+        # recorded only when set, so records of the default stay those of 1.2.0
+        **({"sampling_strategy": p.reg_sampling_strategy}
+           if p.reg_sampling_strategy != "random" else {}),
     }
 
 
@@ -225,7 +267,8 @@ def fit_rigid(fixed: sitk.Image, moving: sitk.Image, params: PreprocessParams
     # makes the result bit-identical from run to run and machine to machine (~1.5 s CPU).
     reg.SetNumberOfWorkUnits(1)
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=params.reg_bins)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingStrategy(reg.REGULAR if params.reg_sampling_strategy == "lattice"
+                                  else reg.RANDOM)
     reg.SetMetricSamplingPercentagePerLevel(sampling_per_level(fixed, params), params.reg_seed)
     reg.SetInterpolator(sitk.sitkLinear)
     # The default gradient filter differentiates the moving image on its own grid; across 5 mm

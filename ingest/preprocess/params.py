@@ -47,6 +47,10 @@ REG_RELAXATION: Final[float] = 0.7
 FIELD_DECIMALS: Final[int] = 6
 
 _AXIS_PAIRS = ({"R", "L"}, {"A", "P"}, {"S", "I"})
+_UNSET = object()
+#: parameters added after 1.2.0 and their values that keep its computation (left out of digests)
+_LATER_KNOBS: Final[dict[str, object]] = {"reg_sampling_strategy": "random",
+                                          "n4_field_interpolation": "itk"}
 
 
 class PreprocessError(DataError):
@@ -79,6 +83,10 @@ class PreprocessParams(BaseModel, extra="forbid", frozen=True):
     n4_convergence: float = Field(1e-3, gt=0)
     #: spacing of the grid the fitted log bias field is recorded (and applied) on
     n4_field_spacing_mm: float = Field(8.0, gt=0)
+    #: how the recorded field is put on the image grid: "itk" (``sitk.Resample``, cubic B-spline)
+    #: or "separable" (the same spline one axis at a time, ``ingest.preprocess.field``: about 39x
+    #: cheaper, N4 2.6x; the image within one float32 ulp of "itk")
+    n4_field_interpolation: Literal["itk", "separable"] = "itk"
 
     registration: Literal["rigid", "none"] = "rigid"
     reg_iterations: int = Field(100, ge=1)
@@ -86,6 +94,13 @@ class PreprocessParams(BaseModel, extra="forbid", frozen=True):
     #: at most this many metric samples per level (None: ``reg_sampling`` of every voxel, 1.1.0);
     #: at clinical sizes 0.4x the CPU of the uncapped fit, same error (docs/benchmarks.md)
     reg_max_samples: int | None = Field(100_000, ge=1000)
+    #: how the metric's points are drawn per level: "random" (ITK's RANDOM, voxels drawn with
+    #: replacement) or "lattice" (ITK's REGULAR, every k-th voxel of the level in memory order,
+    #: jittered, k coprime to the row and column lengths so the points cover every column instead
+    #: of a few planes; ``ingest.preprocess.fitting.sampling_per_level``). At clinical sizes
+    #: lattice with ``reg_max_samples`` 25k costs 0.3x the CPU of random 100k, for 0.2 mm more
+    #: median and 2 mm more largest error (docs/benchmarks.md), hence not the default
+    reg_sampling_strategy: Literal["random", "lattice"] = "random"
     reg_seed: int = Field(42, ge=0, lt=2**32)
     reg_bins: int = Field(32, ge=8)
     reg_shrink_factors: tuple[int, ...] = (4, 2, 1)
@@ -125,7 +140,13 @@ class PreprocessParams(BaseModel, extra="forbid", frozen=True):
         return self
 
     def digest(self) -> str:
-        """sha256 (hex) of the canonical JSON of the parameters plus ``PREPROCESS_VERSION``."""
-        payload = {"version": PREPROCESS_VERSION, "params": self.model_dump(mode="json")}
+        """sha256 (hex) of the canonical JSON of the parameters plus ``PREPROCESS_VERSION``.
+
+        A knob added after 1.2.0 counts only when set away from the value that computes what
+        1.2.0 computed (:data:`_LATER_KNOBS`), so adding one leaves ingested data current.
+        """
+        params = {k: v for k, v in self.model_dump(mode="json").items()
+                  if _LATER_KNOBS.get(k, _UNSET) != v}
+        payload = {"version": PREPROCESS_VERSION, "params": params}
         text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()

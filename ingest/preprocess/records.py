@@ -107,6 +107,9 @@ class N4Record(TypedDict):
     bias_min: NotRequired[float]
     bias_max: NotRequired[float]
     log_bias_field: NotRequired[FieldRecord]
+    #: how the field was put on the image grid: "bspline3_separable" (``n4_field_interpolation:
+    #: separable``); absent: ``sitk.Resample``, which a replay of such a record runs again
+    field_interpolation: NotRequired[str]
 
 
 class RegisterRecord(TypedDict):

@@ -19,6 +19,7 @@ import SimpleITK as sitk
 
 from atrx.names import SEQUENCES, SOURCE_MASKS
 from ingest.preprocess import ops
+from ingest.preprocess.field import SEPARABLE
 from ingest.preprocess.fitting import apply_log_bias, fit_n4, fit_rigid, rigid_settings
 from ingest.preprocess.params import (
     MIN_T2F_BRAIN_COVERAGE,
@@ -152,6 +153,8 @@ def n4_bias_correct(rec: Recorded, params: PreprocessParams | None, name: str, i
             coarse, info = fit_n4(img, None, params, name)
             rec = {"step": "n4_bias_correct", "image": name, "enabled": True, **info,
                    "log_bias_field": field_to_record(coarse)}
+            if params.n4_field_interpolation == "separable":
+                rec["field_interpolation"] = SEPARABLE
         else:
             rec = {"step": "n4_bias_correct", "image": name, "enabled": False}
     else:
@@ -159,7 +162,8 @@ def n4_bias_correct(rec: Recorded, params: PreprocessParams | None, name: str, i
     if not rec["enabled"]:
         return rec, img
     # Applied from the record in both modes so decide and replay divide by the same field.
-    return rec, apply_log_bias(img, field_from_record(rec["log_bias_field"]))
+    return rec, apply_log_bias(img, field_from_record(rec["log_bias_field"]),
+                               rec.get("field_interpolation"))
 
 
 @_step("register_rigid")
