@@ -1,8 +1,9 @@
 """Running the tasks on Dask: batching, submission, gathering, checkpoints and progress.
 
 One radiomics task per study version (all its ROIs and sequences: the version is read once and each
-sequence's filters run once for its ROIs); deep batches of ``batch_size`` crops (on
-GPU workers with ``gpus``). Results are gathered as they complete, keyed by (patient, study, scan
+sequence's filters run once for its ROIs); deep batches of ``batch_size`` crops. With ``gpus`` both
+go to the GPU workers: the CNN on CUDA, radiomics on the engine's torch backend
+(:func:`radiomics_device`). Results are gathered as they complete, keyed by (patient, study, scan
 version, view), so a task the scheduler re-runs after a worker died can never give a second row.
 Nothing here writes: the caller's ``checkpoint`` stores what finished (:mod:`features.collect`).
 """

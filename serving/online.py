@@ -204,7 +204,7 @@ class OnlineLookup:
 
     def _read(self, ids: list[str]
               ) -> tuple[dict[str, str], dict[str, list[tuple[datetime | None, dict[str, Any] | None]]]]:
-        """The registered versions and, per view, the online store's rows of exactly the model's features for ``ids``.
+        """The registered versions and, per view, the online store's rows of the model's features.
 
         Why not ``FeatureStore.get_online_features``: for one patient it spends about 1 ms
         preparing entity frames and assembling a protobuf response around the store's
@@ -217,8 +217,9 @@ class OnlineLookup:
             versions = self._current_versions()
             tables = self._tables()
             provider = self.store._get_provider()  # noqa: SLF001 - Feast's own read path
-            return versions, {view: provider.online_read(self.store.config, tables[view], keys, list(names))
+            rows = {view: provider.online_read(self.store.config, tables[view], keys, list(names))
                     for view, names in self.served.views.items()}
+        return versions, rows
 
     def lookup(self, patient_ids: Sequence[str]) -> OnlineRows:
         """ONE online lookup of exactly the model's features for ``patient_ids``.
