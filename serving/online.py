@@ -108,11 +108,17 @@ def require_versions(
 
 @dataclass
 class OnlineRows:
-    """One online lookup: a model-ready frame and the event time of each view's row."""
+    """One online lookup: the model's features as one array per column (``required_features``
+    order) and the event time of each view's row."""
 
     patient_ids: list[str]
-    frame: pd.DataFrame
+    columns: dict[str, np.ndarray]
     timestamps: list[dict[str, datetime]]
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        """The columns as a model-ready frame (for models that need pandas)."""
+        return pd.DataFrame(self.columns, index=pd.RangeIndex(len(self.patient_ids)), copy=False)
 
 
 class OnlineLookup:
@@ -123,7 +129,6 @@ class OnlineLookup:
         self.served = served
         self.store = store
         self._lock = threading.Lock()
-        self._columns = pd.Index(served.required_features)
         self._tables_cache: dict[str, Any] = {}
         self._tables_for: object = None
         self._view_of = {name: view for view, names in served.views.items() for name in names}
@@ -256,10 +261,8 @@ class OnlineLookup:
                    for i, pid in enumerate(ids) if not valued[i].all()}
         if missing:
             raise FeaturesUnavailable(missing=missing)
-        frame = pd.DataFrame({f: np.asarray(values[f]) for f in required},
-                             index=pd.RangeIndex(len(ids)), columns=self._columns, copy=False)
         timestamps = [{view: _whole_seconds(stamp) for view, stamp in row.items()} for row in stamps]
-        return OnlineRows(ids, frame, timestamps)
+        return OnlineRows(ids, {f: np.asarray(values[f]) for f in required}, timestamps)
 
 
 def _whole_seconds(stamp: datetime | None) -> datetime:

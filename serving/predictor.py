@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Final
 
+import numpy as np
 import pandas as pd
 from bentoml.exceptions import BentoMLException
 
@@ -33,6 +34,9 @@ if TYPE_CHECKING:
 __all__ = ["FusionPredictor"]
 
 log = logging.getLogger("atrx.serving")
+
+#: the model's features as a frame or as one array per column (what ``explain_columns`` takes)
+Columns = pd.DataFrame | Mapping[str, np.ndarray]
 
 _NOT_POINTS: Final[frozenset[str]] = frozenset({"total_points", "linear_predictor", "probability"})
 
@@ -67,26 +71,31 @@ class FusionPredictor:
 
     def predict_frame(
         self,
-        frame: pd.DataFrame,
+        frame: Columns,
         patient_ids: Sequence[str | None],
         timestamps: Sequence[Mapping[str, datetime]] | None = None,
     ) -> list[Prediction]:
-        """Predictions for a model-ready frame (columns = ``required_features``)."""
+        """Predictions for the model's features (columns = ``required_features``), as a frame or
+        as one array per column."""
         model = self.served.model
-        if getattr(model, "needs_center", False):
-            frame = frame.assign(center=_centers(patient_ids))
         try:
-            prob, score, points = model.explain(frame)  # one design matrix for all three
+            if hasattr(model, "explain_columns"):  # a plain fusion model: no pandas per request
+                prob, score, columns = model.explain_columns(frame)
+            else:  # a transform in front of it (harmonisation, normalisation) works on a frame
+                table = frame if isinstance(frame, pd.DataFrame) else pd.DataFrame(frame)
+                if getattr(model, "needs_center", False):
+                    table = table.assign(center=_centers(patient_ids))
+                prob, score, points = model.explain(table)  # one design matrix for all three
+                columns = {c: points[c].to_numpy() for c in points.columns}
         except DataError as exc:  # the model's own refusal (e.g. a center it has no estimates of)
             raise CenterNotServable(str(exc)) from None
         groups = model.risk_group(prob)
-        variables = [c for c in points.columns if c not in _NOT_POINTS]
-        # columns as arrays: a row Series per patient cost more than the model's arithmetic
-        columns = {c: points[c].to_numpy() for c in [*variables, "total_points"]}
+        variables = [c for c in columns if c not in _NOT_POINTS]
         out = []
         for i, pid in enumerate(patient_ids):
+            # built from values made here (finite floats, the model's own groups): not re-validated
             out.append(
-                Prediction(
+                Prediction.model_construct(
                     patient_id=pid,
                     probability=finite(prob[i]),
                     risk_group=str(groups[i]),
@@ -104,7 +113,7 @@ class FusionPredictor:
         """Look the patients up (one lookup) and predict; errors carry their HTTP status."""
         t0 = time.perf_counter()
         rows = self.lookup(patient_ids)
-        out = self.predict_frame(rows.frame, rows.patient_ids, rows.timestamps)
+        out = self.predict_frame(rows.columns, rows.patient_ids, rows.timestamps)
         # pseudonymous ids only: no feature values, no clinical data, no probabilities
         log.info(
             "predicted %d patient(s) %s with %s in %.1f ms",

@@ -404,6 +404,16 @@ def test_served_model_needs_only_its_required_features(ws: Workspace, trained) -
     fast_prob, fast_score, fast_points = model.explain(slim)  # what serving calls: bit for bit
     assert np.array_equal(fast_prob, prob) and np.array_equal(fast_score, model.imaging_score(slim))
     pd.testing.assert_frame_equal(fast_points, contrib, check_exact=True)
+    # what serving calls: the same from one array per column (sex as the view's strings)
+    arrays = {c: slim[c].to_numpy() for c in need}
+    col_prob, col_score, col_points = model.explain_columns(arrays)
+    assert np.array_equal(col_prob, prob) and np.array_equal(col_score, fast_score)
+    assert list(col_points) == list(contrib.columns)
+    assert all(np.array_equal(col_points[c], contrib[c].to_numpy()) for c in contrib.columns)
+    with pytest.raises(ValueError, match="lacks selected imaging feature"):
+        model.explain_columns({c: v for c, v in arrays.items() if c != need[0]})
+    with pytest.raises(TypeError, match="mapping of columns"):
+        model.imaging_score(slim.to_numpy())
     # the per-request numpy arithmetic is the fitted sklearn fusion pipeline's, to rounding
     design = model._design(slim, model.imaging_score(slim))
     assert np.allclose(model.decision_function(slim), model.fusion_pipeline_.decision_function(design),

@@ -20,7 +20,7 @@ Everything is fitted on the rows passed to ``fit`` only.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -45,6 +45,7 @@ from training.models import (
 
 __all__ = [
     "IMAGING_SCORE",
+    "Columns",
     "CrossFit",
     "FusionModel",
     "clinical_values",
@@ -54,6 +55,26 @@ __all__ = [
 
 IMAGING_SCORE = "imaging_score"
 SEX_CODES: dict[str, int] = {"female": 0, "male": 1}
+
+#: what a fitted model predicts from: a frame, or its columns as equal-length 1-D arrays (serving's
+#: one-row request skips pandas, whose frame construction cost more than the model's arithmetic)
+Columns = pd.DataFrame | Mapping[str, np.ndarray]
+
+
+def _n_rows(X: Columns) -> int:
+    if isinstance(X, pd.DataFrame):
+        return len(X)
+    return len(next(iter(X.values()))) if X else 0
+
+
+def _column(X: Columns, name: str) -> np.ndarray:
+    return X[name].to_numpy() if isinstance(X, pd.DataFrame) else np.asarray(X[name])
+
+
+def _check_columns(X: object) -> None:
+    if not isinstance(X, pd.DataFrame | Mapping):
+        raise TypeError(f"FusionModel needs a pandas DataFrame or a mapping of columns, got "
+                        f"{type(X).__name__}")
 
 
 def encode_clinical(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
@@ -66,17 +87,17 @@ def encode_clinical(frame: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame
                         index=frame.index, columns=list(columns))
 
 
-def clinical_values(frame: pd.DataFrame, columns: Sequence[str]) -> np.ndarray:
+def clinical_values(frame: Columns, columns: Sequence[str]) -> np.ndarray:
     """:func:`encode_clinical` as a ``(rows, columns)`` float64 array (serving's per-request path)."""
-    missing = [c for c in columns if c not in frame.columns]
+    missing = [c for c in columns if c not in frame]
     if missing:
         raise ValueError(f"the frame lacks clinical column(s) {missing}")
-    out = np.empty((len(frame), len(columns)), dtype=np.float64)
+    out = np.empty((_n_rows(frame), len(columns)), dtype=np.float64)
     for j, name in enumerate(columns):
-        values = frame[name]
-        if name == "sex" and not pd.api.types.is_numeric_dtype(values):
+        values = _column(frame, name)
+        if name == "sex" and not pd.api.types.is_numeric_dtype(values.dtype):
             out[:, j] = [SEX_CODES.get(v.strip().lower(), np.nan) if isinstance(v, str) else np.nan
-                         for v in values.to_numpy()]
+                         for v in values]
         else:
             out[:, j] = pd.to_numeric(values, errors="coerce")
     return out
@@ -242,15 +263,15 @@ class FusionModel(ClassifierMixin, BaseEstimator):
         columns = [IMAGING_SCORE, *self.clinical_columns]
         return pd.DataFrame(self._design_values(X, imaging_score), index=X.index, columns=columns)
 
-    def _design_values(self, X: pd.DataFrame, imaging_score: ArrayLike) -> np.ndarray:
+    def _design_values(self, X: Columns, imaging_score: ArrayLike) -> np.ndarray:
         """``[imaging_score, *clinical_columns]`` per row, float64."""
         clinical = clinical_values(X, list(self.clinical_columns))
         bad = [c for c, nan in zip(self.clinical_columns, np.isnan(clinical).any(axis=0), strict=True) if nan]
         if bad:
             raise ValueError(f"clinical column(s) {bad} have missing or unknown values")
         score = np.asarray(imaging_score, dtype=np.float64).ravel()
-        if score.size != len(X):
-            raise ValueError(f"imaging_score has {score.size} values for {len(X)} rows")
+        if score.size != _n_rows(X):
+            raise ValueError(f"imaging_score has {score.size} values for {_n_rows(X)} rows")
         return np.column_stack([score, clinical])
 
     def _linear(self) -> tuple[np.ndarray, float] | None:
@@ -300,22 +321,21 @@ class FusionModel(ClassifierMixin, BaseEstimator):
         check_is_fitted(self, "imaging_coef_")
         return [*self.selected_imaging_features_, *self.clinical_columns]
 
-    def imaging_score(self, X: pd.DataFrame) -> np.ndarray:
+    def imaging_score(self, X: Columns) -> np.ndarray:
         """The imaging score (log-odds of the imaging LR) from the selected features only.
 
         Equal to ``imaging_pipeline_.decision_function`` on the full feature frame: the scaling is
         folded into ``imaging_coef_`` so serving needs ~16 features, not every view column.
         """
         check_is_fitted(self, "imaging_coef_")
-        if not isinstance(X, pd.DataFrame):
-            raise TypeError(f"FusionModel needs a pandas DataFrame, got {type(X).__name__}")
+        _check_columns(X)
         names = self.selected_imaging_features_
-        missing = [c for c in names if c not in X.columns]
+        missing = [c for c in names if c not in X]
         if missing:
             raise ValueError(f"X lacks selected imaging feature(s) {missing[:5]}")
         # column by column: ``X[names]`` builds a frame first, 10x the cost on a one-row request
-        values = np.column_stack([X[c].to_numpy(dtype=np.float64) for c in names]) if names \
-            else np.empty((len(X), 0))
+        values = np.column_stack([_column(X, c).astype(np.float64, copy=False) for c in names]) \
+            if names else np.empty((_n_rows(X), 0))
         if np.isnan(values).any():
             bad = [n for n, col in zip(names, np.isnan(values).any(axis=0), strict=True) if col]
             raise ValueError(f"imaging feature(s) {bad[:5]} have missing values")
@@ -349,29 +369,35 @@ class FusionModel(ClassifierMixin, BaseEstimator):
     def contributions(self, X: pd.DataFrame) -> pd.DataFrame:
         """Nomogram points per variable, total points, linear predictor and probability per row."""
         check_is_fitted(self, "nomogram_")
-        return self._points(self._design_values(X, self.imaging_score(X)), X.index)
+        return pd.DataFrame(self._points(self._design_values(X, self.imaging_score(X))),
+                            index=X.index)
 
     def explain(self, X: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
         """``(probability of mutant, imaging score, contributions)`` per row from ONE design matrix.
 
-        What serving answers per request: equal to ``predict_proba(X)[:, 1]``, ``imaging_score(X)``
-        and ``contributions(X)`` (same arithmetic, bit for bit), at a third of their cost.
+        Equal to ``predict_proba(X)[:, 1]``, ``imaging_score(X)`` and ``contributions(X)`` (same
+        arithmetic, bit for bit), at a third of their cost.
         """
+        prob, score, points = self.explain_columns(X)
+        return prob, score, pd.DataFrame(points, index=X.index)
+
+    def explain_columns(self, X: Columns) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """:meth:`explain` with the contributions as one array per column, from a frame or from
+        columns: what serving answers per request, with no pandas object built."""
         check_is_fitted(self, "nomogram_")
         score = self.imaging_score(X)
         design = self._design_values(X, score)
         prob = expit(self._fused(design))
-        return prob, score, self._points(design, X.index)
+        return prob, score, self._points(design)
 
-    def _points(self, design: np.ndarray, index: pd.Index) -> pd.DataFrame:
+    def _points(self, design: np.ndarray) -> dict[str, np.ndarray]:
         nomo = self.nomogram_
         position = {n: i for i, n in enumerate([IMAGING_SCORE, *self.clinical_columns])}
         names = list(nomo.coefs)
         points = {name: nomo.variable_points(name, design[:, position[name]]) for name in names}
         total = np.sum([points[n] for n in names], axis=0)
         lp = nomo.linear_predictor(total)
-        return pd.DataFrame({**points, "total_points": total, "linear_predictor": lp,
-                             "probability": expit(lp)}, index=index)
+        return {**points, "total_points": total, "linear_predictor": lp, "probability": expit(lp)}
 
     # description -------------------------------------------------------------------------------
     def describe(self) -> dict[str, object]:

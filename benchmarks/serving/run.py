@@ -156,7 +156,8 @@ def http_caller(url: str, api_key: str) -> Callable[[str], None]:
 def over_servers(servers: dict[str, Any], ids: Sequence[str], warm: Sequence[str], timeout: float,
                  rounds: int) -> dict[str, dict[int, list[dict[str, float]]]]:
     """``/predict`` of started servers, interleaved: each round measures every server at every
-    concurrency in turn, so a slow spell of the shared machine hits both sides alike; always stops
+    concurrency in turn (the order alternating between rounds), so a slow spell of the shared
+    machine hits both sides alike; always stops
     them. Returns server -> concurrency -> one measure per round."""
     callers: dict[str, Callable[[str], None]] = {}
     try:
@@ -167,8 +168,11 @@ def over_servers(servers: dict[str, Any], ids: Sequence[str], warm: Sequence[str
                 callers[name](pid)
         out: dict[str, dict[int, list[dict[str, float]]]] = {
             name: {c: [] for c in CONCURRENCY} for name in servers}
-        for _ in range(rounds):
-            for name, call in callers.items():
+        for r in range(rounds):
+            order = list(callers.items())
+            if r % 2:  # alternate which server goes first: the first measured after a pause ran slower
+                order.reverse()
+            for name, call in order:
                 for c in CONCURRENCY:
                     out[name][c].append(measure(call, ids, c))
         return out
@@ -267,7 +271,7 @@ def main() -> None:
         "",
         "Against a bare BentoML endpoint serving the same fitted model from rows in memory (no "
         "lookup; `benchmarks/serving/bare_service.py`), same client, same run, both servers up "
-        f"and measured in turn over {args.rounds} interleaved rounds (median round; the ratio is the "
+        f"and measured in turn (the first one alternating) over {args.rounds} interleaved rounds (median round; the ratio is the "
         "median of the rounds' ratios); target >= 0.8:",
         "",
         "| concurrency | /predict req/s (ours) | bare BentoML req/s | ratio | ratio per round |",
