@@ -106,8 +106,8 @@ def test_ingest_preprocess_file_is_validated_naming_file_and_key(tmp_path: Path)
                                  "--preprocess", str(bad)])
     assert result.exit_code == ExitCode.BAD_INPUT
     assert str(bad) in result.stderr and "reg_max_sample" in result.stderr
-    example = Path(__file__).resolve().parents[1] / "ingest" / "preprocess" / "fast.yaml"
+    example = Path(__file__).resolve().parents[1] / "ingest" / "preprocess" / "1.2.0.yaml"
     params = load_yaml_model(PreprocessParams, example)
-    assert (params.reg_sampling_strategy, params.reg_max_samples, params.n4_field_interpolation) == (
-        "lattice", 25_000, "separable")
+    assert (params.reg_fixed_mask, params.reg_max_samples, params.n4_field_interpolation) == (
+        "none", 100_000, "itk")
     assert params.digest() != PreprocessParams().digest()

@@ -3,22 +3,28 @@
 ``n4_field_interpolation: separable`` interpolates the recorded coarse log bias field separably
 (ingest.preprocess.field); the tolerance stated there: the field within 1e-9 of
 ``sitk.Resample(..., sitkBSpline)``, so the corrected float32 image within one unit in the last
-place. Records without ``field_interpolation`` (the default, and every record before it) replay
-through ``sitk.Resample``, bit for bit. Parameters added later leave the default digest as it was.
+place; the default since 2026-12-04. Records without ``field_interpolation`` (``itk``, and every
+record before it) replay through ``sitk.Resample``, bit for bit. 1.2.0's settings
+(``ingest/preprocess/1.2.0.yaml``) keep the digest 1.2.0 wrote.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from atrx.config.base import load_yaml_model
 from ingest.preprocess import PreprocessParams, steps
 from ingest.preprocess.field import SEPARABLE, axis_weights, field_on_grid
 from ingest.preprocess.fitting import _field_grid, apply_log_bias
 from ingest.preprocess.ops import from_array
 from ingest.preprocess.params import PreprocessError
 from ingest.preprocess.records import field_from_record
+
+_PARAMS_DIR = Path(__file__).resolve().parents[1] / "ingest" / "preprocess"
 
 
 def _image(shape_zyx: tuple[int, int, int], spacing: tuple[float, float, float],
@@ -84,8 +90,8 @@ def _n4_record(image: sitk.Image, **params) -> dict:
 
 def test_separable_records_name_the_interpolation_and_others_replay_through_itk() -> None:
     image = _image((24, 48, 48), (1.2, 1.2, 3.0))
-    assert "field_interpolation" not in _n4_record(image)  # the default: as 1.2.0 records
-    rec = _n4_record(image, n4_field_interpolation="separable")
+    assert "field_interpolation" not in _n4_record(image, n4_field_interpolation="itk")  # as 1.2.0
+    rec = _n4_record(image)  # the default since 2026-12-04
     assert rec["field_interpolation"] == SEPARABLE
     _, again = steps.n4_bias_correct.run(rec, None, "t1c", image)
     _, first = steps.n4_bias_correct.run(dict(rec), None, "t1c", image)
@@ -100,12 +106,14 @@ def test_separable_records_name_the_interpolation_and_others_replay_through_itk(
         steps.n4_bias_correct.run({**rec, "field_interpolation": "nearest"}, None, "t1c", image)
 
 
-def test_knobs_added_later_leave_the_default_digest_as_1_2_0_wrote_it() -> None:
-    """Ingested data stays current: the digests below are those of 1.2.0's PreprocessParams."""
-    assert PreprocessParams().digest() == (
-        "8cdf32a7221f6f295ee111f3e4f2eac79d360aa331da1c9f712e4cbaf24b3b0a")
-    assert PreprocessParams(brain_opening_mm=2.0).digest() == (
+def test_1_2_0_settings_keep_the_digests_1_2_0_wrote() -> None:
+    """Data ingested with 1.2.0's settings stays current under them (ingest/preprocess/1.2.0.yaml):
+    the digests below are those of 1.2.0's PreprocessParams; the new defaults are a new digest."""
+    old = load_yaml_model(PreprocessParams, _PARAMS_DIR / "1.2.0.yaml")
+    assert old.digest() == "8cdf32a7221f6f295ee111f3e4f2eac79d360aa331da1c9f712e4cbaf24b3b0a"
+    assert old.model_copy(update={"brain_opening_mm": 2.0}).digest() == (
         "c2a6b53f36bc71b3e8bdd583b7d21798b0e8271802a353e008a2c1fb58ecf782")
-    default = PreprocessParams().digest()
-    assert PreprocessParams(n4_field_interpolation="separable").digest() != default
-    assert PreprocessParams(reg_sampling_strategy="lattice").digest() != default
+    assert PreprocessParams().digest() != old.digest()
+    for knob in ({"n4_field_interpolation": "separable"}, {"reg_sampling_strategy": "lattice"},
+                 {"reg_fixed_mask": "head"}):
+        assert old.model_copy(update=knob).digest() != old.digest()

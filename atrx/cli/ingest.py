@@ -119,7 +119,7 @@ def ingest(
     workers: WorkersOpt = None,
     preprocess: Annotated[Path | None, typer.Option(
         "--preprocess", help="YAML of preprocessing parameters (PreprocessParams keys), e.g. "
-                             "ingest/preprocess/fast.yaml")] = None,
+                             "ingest/preprocess/1.2.0.yaml (the settings before 2026-12-04)")] = None,
 ) -> None:
     """Ingest centers into <home>/images.zarr and <home>/catalog.duckdb on a Dask cluster."""
     from atrx.config.base import load_yaml_model

@@ -3,6 +3,7 @@ CPU-seconds (per patient) and peak memory of every stage, and where ingest's CPU
 
     .venv/bin/python benchmarks/flow/run.py [--scale 1.0] [--per-center N] [--workers 2]
         [--size clinical|compact] [--weights random:0] [--step-patients 2] [--keep DIR] [--no-write]
+        [--against-preprocess FILE]
 
 Stages, each a subprocess of the ``atrx`` CLI in a fresh workspace (``ATRX_HOME``): synth ->
 ingest (all centers, Dask) -> features (radiomics + ResNet34, Dask) -> retrain
@@ -17,6 +18,12 @@ retrain (the table still shows the stages before it).
 CPU: user + system of the stage process and every descendant (getrusage(RUSAGE_CHILDREN) around
 the stage; a psutil poll of the process tree every 0.2 s when that saw more). Peak: the largest
 summed RSS of the tree over the polls (shared pages count once per process).
+
+``--against-preprocess FILE`` ingests the same cohort a second time, right after the flow's own
+ingest, into a separate workspace with ``atrx ingest --preprocess FILE`` (e.g.
+``ingest/preprocess/1.2.0.yaml``, the settings before the current defaults): the same-run baseline
+of the ingest stage, and of the flow with that ingest in place of its own. It is not part of the
+flow's table or total.
 
 Ingest does not record per-step timings (its workers return one duration per study), so the step
 shares come from benchmarks/ingest/steps.py's ``profile``, run here in-process on
@@ -131,7 +138,11 @@ def main() -> int:
     ap.add_argument("--step-patients", type=int, default=2, help="patients per center for the step shares (0: skip)")
     ap.add_argument("--keep", type=Path, help="keep the workspace in DIR (must be empty or absent)")
     ap.add_argument("--no-write", action="store_true", help="print only; do not append to docs/benchmarks.md")
+    ap.add_argument("--against-preprocess", type=Path, metavar="FILE",
+                    help="also ingest the cohort with atrx ingest --preprocess FILE (the same-run baseline)")
     args = ap.parse_args()
+    if args.against_preprocess is not None and not args.against_preprocess.is_file():
+        ap.error(f"--against-preprocess {args.against_preprocess}: no such file")
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     started = time.perf_counter()
@@ -182,6 +193,20 @@ def main() -> int:
     if ok:
         ok = stage("ingest", [*atrx, "ingest", *configs, "--workers", w], None,
                    f"atrx ingest {cohort.name}/centers/*.yaml --workers {w}")
+    against: Stage | None = None
+    if ok and args.against_preprocess is not None:
+        other = str(args.against_preprocess.resolve())
+        print(f"-- ingest again with --preprocess {args.against_preprocess} (the baseline; another "
+              "workspace, not in the flow's total)", flush=True)
+        against = run_stage("ingest-against", [*atrx, "ingest", *configs, "--workers", w,
+                                               "--preprocess", other],
+                            {**env, "ATRX_HOME": str(base / "home-against")}, logs, None,
+                            f"atrx ingest {cohort.name}/centers/*.yaml --workers {w} --preprocess {other}")
+        print(f"   {against.wall_s:.1f} s wall, {against.cpu_s:.1f} CPU-s, peak {against.peak_gib:.2f} GiB",
+              flush=True)
+        if against.rc != 0:
+            ok, failed = False, f"the baseline ingest exited with {against.rc}"
+            print(log_tail(logs, "ingest-against"), file=sys.stderr)
     if ok:
         patients, shapes, pseudonym = cohort_facts(home)
         n = sum(patients.values())
@@ -189,6 +214,8 @@ def main() -> int:
         print(f"   {n} patients ingested ({', '.join(f'{c} {k}' for c, k in patients.items())}); "
               f"1 mm grids {'; '.join(f'{c}: ' + ', '.join(s) for c, s in shapes.items())} (z, y, x)")
         n_cohort = n
+        if against is not None:
+            against.patients = n
         ok = stage("features", [*atrx, "features", "--workers", w, "--weights", args.weights], n)
     if ok:
         ok = stage("retrain", [*atrx, "retrain", "--promote-below-floor"], n)
@@ -232,6 +259,17 @@ def main() -> int:
                   + (f"; FAILED: {failed}" if failed else ""))
     print(total_line)
     ingest_pp = next((s.per_patient for s in stages if s.name == "ingest"), None)
+    against_lines: list[str] = []
+    if against is not None and against.rc == 0 and ingest_pp:
+        own = next(s for s in stages if s.name == "ingest")
+        flow_against = cpu - own.cpu_s + against.cpu_s
+        against_lines = [
+            f"Baseline, same run: the ingest stage with `--preprocess {args.against_preprocess}`: "
+            f"{against.wall_s:.1f} s wall, {against.cpu_s:.1f} CPU-s, {against.per_patient:.2f} CPU-s "
+            f"per patient, peak {against.peak_gib:.2f} GiB. This flow's ingest / the baseline's: "
+            f"{own.wall_s / against.wall_s:.2f} (wall), {own.cpu_s / against.cpu_s:.2f} (CPU); the "
+            f"whole flow's CPU / the same flow with the baseline's ingest: {cpu / flow_against:.2f}."]
+        print(against_lines[0])
     if times:
         print_table(f"ingest preprocessing steps (in-process profile, benchmarks/ingest/steps.py, {step_n} "
                     "patients, 1 thread; ingest records no per-step timings)",
@@ -243,7 +281,8 @@ def main() -> int:
 
     cmd = f".venv/bin/python benchmarks/flow/run.py --scale {args.scale}" + (
         f" --per-center {args.per_center}" if args.per_center is not None else "") + (
-        f" --workers {args.workers} --size {args.size} --weights {args.weights}")
+        f" --workers {args.workers} --size {args.size} --weights {args.weights}") + (
+        f" --against-preprocess {args.against_preprocess}" if args.against_preprocess else "")
     mem = psutil.virtual_memory().total / 2**30
     grids = "; ".join(f"{c}: {', '.join(s)}" for c, s in shapes.items()) or "-"
     lines = [
@@ -260,6 +299,7 @@ def main() -> int:
         "|---|---|---|---|---|---|",
         *(f"| {r[0]} | {' | '.join(r[1:6])} |" for r in stage_rows(stages)),
         f"\n{total_line}.\n",
+        *(f"{line}\n" for line in against_lines),
     ]
     if times:
         lines += [

@@ -1,6 +1,6 @@
 """Registration settings against the synthetic ground truth: CPU-seconds and error in mm.
 
-Rigid T2f -> T1c registration is about 80% of ingest's CPU (benchmarks/ingest/steps.py). This
+Rigid T2f -> T1c registration was about 75% of ingest's CPU (benchmarks/ingest/steps.py). This
 sweep runs :func:`ingest.preprocess.fitting.fit_rigid` (the product's registration, its settings
 varied) on the N4-corrected pairs of the first ``--per-center`` patients per center, and measures
 each result against the motion the generator applied (``truth.csv``: T2f(p) = truth(M p)): the
@@ -36,22 +36,25 @@ from _record import publish  # noqa: E402
 
 #: name -> PreprocessParams overrides (min_step: the optimiser's REG_MIN_STEP, a constant today)
 VARIANTS: dict[str, dict[str, Any]] = {
-    "shipped (levels 4,2,1; sampling 0.2, at most 100k per level; 100 iterations; min step 1e-4 mm)": {},
-    "1.1.0 (sampling 0.2, no cap)": {"reg_max_samples": None},
+    "shipped (points inside the head mask dilated 6 mm, random, at most 25k per level; levels 4,2,1; "
+    "sampling 0.2; 100 iterations; min step 1e-4 mm)": {},
+    "1.2.0 (whole field of view, at most 100k per level)": {"reg_fixed_mask": "none",
+                                                            "reg_max_samples": 100_000},
+    "1.1.0 (whole field of view, sampling 0.2, no cap)": {"reg_fixed_mask": "none",
+                                                          "reg_max_samples": None},
+    "whole field of view, at most 25k per level": {"reg_fixed_mask": "none"},
+    "whole field of view, lattice points, at most 25k per level": {
+        "reg_fixed_mask": "none", "reg_sampling_strategy": "lattice"},
+    "head mask, at most 50k per level": {"reg_max_samples": 50_000},
+    "head mask, at most 100k per level": {"reg_max_samples": 100_000},
+    "head mask dilated 3 mm": {"reg_mask_dilation_mm": 3.0},
+    "head mask dilated 10 mm": {"reg_mask_dilation_mm": 10.0},
+    "head mask, lattice points": {"reg_sampling_strategy": "lattice"},
     "min step 1e-3 mm": {"min_step": 1e-3},
     "min step 1e-2 mm": {"min_step": 1e-2},
     "50 iterations": {"reg_iterations": 50},
     "sampling 0.1": {"reg_sampling": 0.1},
-    "sampling 0.05": {"reg_sampling": 0.05},
     "levels 4,2 (stop at half resolution)": {"reg_shrink_factors": (4, 2), "reg_smoothing_mm": (2.0, 1.0)},
-    "at most 50k samples per level": {"reg_max_samples": 50_000},
-    "at most 25k samples per level": {"reg_max_samples": 25_000},
-    "at most 50k samples, min step 1e-3 mm": {"reg_max_samples": 50_000, "min_step": 1e-3},
-    "1.2.0 (random points, at most 100k per level)": {"reg_sampling_strategy": "random",
-                                                      "reg_max_samples": 100_000},
-    "random points, at most 25k per level": {"reg_sampling_strategy": "random", "reg_max_samples": 25_000},
-    "lattice points, at most 25k per level": {"reg_sampling_strategy": "lattice", "reg_max_samples": 25_000},
-    "lattice points, at most 50k per level": {"reg_sampling_strategy": "lattice", "reg_max_samples": 50_000},
 }
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "head_mask",
     "n4_bias_correct",
     "register_rigid",
+    "registration_mask",
     "rigid_settings",
 ]
 
@@ -215,18 +216,22 @@ def lattice_stride(size: list[int], target: float) -> int:
     return stride
 
 
-def sampling_per_level(fixed: sitk.Image, params: PreprocessParams) -> list[float]:
+def sampling_per_level(fixed: sitk.Image, params: PreprocessParams, inside: float = 1.0
+                       ) -> list[float]:
     """The share of each level's voxels the metric draws: ``reg_sampling``, capped so that no
     level draws more than ``reg_max_samples`` points (a level's grid is the fixed image shrunk by
     its factor). Mattes MI needs no more for six parameters; the finest level of a clinical T1c
-    would otherwise draw a million. With the "lattice" strategy the share is one over a stride
-    (:func:`lattice_stride`; ITK takes ``ceil(1 / share)`` as the stride, hence the half)."""
+    would otherwise draw a million. ``inside`` is the share of the field of view inside the fixed
+    mask: ITK draws over the whole grid and drops the points outside the mask, so the share is
+    divided by it (at most 1) to keep that many points inside. With the "lattice" strategy the
+    share is one over a stride (:func:`lattice_stride`; ITK takes ``ceil(1 / share)`` as the
+    stride, hence the half)."""
     out = []
     for f in params.reg_shrink_factors:
         size = _level_size(fixed, f)
         voxels = float(np.prod(size))
         cap = 1.0 if params.reg_max_samples is None else params.reg_max_samples / voxels
-        share = float(min(params.reg_sampling, cap, 1.0))
+        share = float(min(min(params.reg_sampling, cap) / inside, 1.0))
         if params.reg_sampling_strategy == "lattice":
             stride = lattice_stride(size, 1.0 / share)
             share = 1.0 if stride == 1 else 1.0 / (stride - 0.5)
@@ -246,10 +251,28 @@ def rigid_settings(params: PreprocessParams) -> dict[str, Any]:
         "optimizer": {"kind": "regular_step_gd", "learning_rate_mm": REG_LEARNING_RATE_MM,
                       "min_step": REG_MIN_STEP, "relaxation": REG_RELAXATION},
         "moving_gradient_filter": False, "work_units": 1,
-        # recorded only when set, so records of the default stay those of 1.2.0
+        # recorded only when set, so records of 1.2.0's settings stay as 1.2.0 wrote them
         **({"sampling_strategy": p.reg_sampling_strategy}
            if p.reg_sampling_strategy != "random" else {}),
+        **({"fixed_mask": {"kind": p.reg_fixed_mask, "dilation_mm": p.reg_mask_dilation_mm}}
+           if p.reg_fixed_mask != "none" else {}),
     }
+
+
+def registration_mask(fixed: sitk.Image, dilation_mm: float) -> tuple[sitk.Image, float]:
+    """The metric's fixed mask: :func:`head_mask` dilated by ``dilation_mm`` per axis (at least one
+    voxel; the head's outline is where the two sequences' contrast meets), and its share of the
+    field of view."""
+    mask = head_mask(fixed)
+    if dilation_mm > 0:
+        radius = [max(1, round(dilation_mm / s)) for s in fixed.GetSpacing()]
+        mask = sitk.BinaryDilate(mask, radius)
+    inside = float(sitk.GetArrayViewFromImage(mask).mean())
+    if inside == 0.0:
+        raise PreprocessError("the T1c has no foreground above Otsu for the registration mask",
+                              fix="check the T1c series (blank or constant?), or set "
+                                  "reg_fixed_mask: none in the preprocessing file")
+    return mask, inside
 
 
 def fit_rigid(fixed: sitk.Image, moving: sitk.Image, params: PreprocessParams
@@ -269,7 +292,12 @@ def fit_rigid(fixed: sitk.Image, moving: sitk.Image, params: PreprocessParams
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=params.reg_bins)
     reg.SetMetricSamplingStrategy(reg.REGULAR if params.reg_sampling_strategy == "lattice"
                                   else reg.RANDOM)
-    reg.SetMetricSamplingPercentagePerLevel(sampling_per_level(fixed, params), params.reg_seed)
+    inside = 1.0
+    if params.reg_fixed_mask == "head":
+        mask, inside = registration_mask(fixed, params.reg_mask_dilation_mm)
+        reg.SetMetricFixedMask(mask)
+    reg.SetMetricSamplingPercentagePerLevel(sampling_per_level(fixed, params, inside),
+                                            params.reg_seed)
     reg.SetInterpolator(sitk.sitkLinear)
     # The default gradient filter differentiates the moving image on its own grid; across 5 mm
     # slices that gradient disagrees with the metric and the optimiser stalls ~1.5 mm short.
