@@ -237,7 +237,7 @@ def main() -> int:
         except RuntimeError as exc:
             failed = str(exc)
             print(f"{exc}\n{log_tail(logs, 'serve')}", file=sys.stderr)
-    flow_wall = time.perf_counter() - started
+    flow_wall = time.perf_counter() - started - (against.wall_s if against is not None else 0.0)
 
     times: dict[str, float] = {}
     step_n = 0

@@ -24,26 +24,22 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import SimpleITK as sitk  # noqa: E402
 
-from atrx.config.center import load_center  # noqa: E402
-from ingest.discover import plan_center  # noqa: E402
 from ingest.preprocess.field import field_on_grid  # noqa: E402
 from ingest.preprocess.fitting import _field_grid  # noqa: E402
 from ingest.preprocess.ops import from_array, reorient  # noqa: E402
 from ingest.readers import read_image  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _ingest_cohort import first_studies  # noqa: E402
 from _record import publish  # noqa: E402
 
 
 def images(cohort: Path, per_center: int) -> list[tuple[str, sitk.Image]]:
     out = []
-    for path in sorted((cohort / "centers").glob("*.yaml")):
-        cfg = load_center(path)
-        for plan in [p for p in plan_center(cfg, "benchmark-key-" * 3).patients if p.ok][:per_center]:
-            study = plan.studies[0]
-            for seq in ("t1c", "t2f"):
-                out.append((f"{plan.raw_id} {seq}",
-                            sitk.Cast(reorient(read_image(getattr(study, seq))), sitk.sitkFloat32)))
+    for _cfg, plan, study in first_studies(cohort, per_center):
+        for seq in ("t1c", "t2f"):
+            out.append((f"{plan.raw_id} {seq}",
+                        sitk.Cast(reorient(read_image(getattr(study, seq))), sitk.sitkFloat32)))
     return out
 
 

@@ -25,13 +25,11 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
-from atrx.config.center import load_center
-from ingest.discover import plan_center
 from ingest.preprocess import PreprocessParams, fitting, pipeline, steps
-from ingest.readers import read_image, read_mask
 from ingest.synth.acquire import Motion
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _ingest_cohort import first_studies, read_study  # noqa: E402
 from _record import publish  # noqa: E402
 
 #: name -> PreprocessParams overrides (min_step: the optimiser's REG_MIN_STEP, a constant today)
@@ -73,20 +71,15 @@ def pairs(cohort: Path, per_center: int) -> list[tuple[str, sitk.Image, sitk.Ima
         raise _Captured
 
     try:
-        for path in sorted((cohort / "centers").glob("*.yaml")):
-            cfg = load_center(path)
-            for plan in [p for p in plan_center(cfg, "benchmark-key-" * 3).patients if p.ok][:per_center]:
-                study = plan.studies[0]
-                steps.fit_rigid = lambda f, m, p, rid=plan.raw_id: capture(f, m, p, rid)
-                images = {"t1c": read_image(study.t1c), "t2f": read_image(study.t2f)}
-                masks = {m: read_mask(getattr(study, m), getattr(cfg.masks, m),
-                                      images[getattr(cfg.masks, m).space], m) for m in ("lesion", "tumor")}
-                try:
-                    pipeline.preprocess_study(images["t1c"], images["t2f"], masks["lesion"],
-                                              cfg.masks.lesion.space, masks["tumor"], cfg.masks.tumor.space,
-                                              PreprocessParams())
-                except _Captured:
-                    pass
+        for cfg, plan, study in first_studies(cohort, per_center):
+            steps.fit_rigid = lambda f, m, p, rid=plan.raw_id: capture(f, m, p, rid)
+            images, masks = read_study(cfg, study)
+            try:
+                pipeline.preprocess_study(images["t1c"], images["t2f"], masks["lesion"],
+                                          cfg.masks.lesion.space, masks["tumor"], cfg.masks.tumor.space,
+                                          PreprocessParams())
+            except _Captured:
+                pass
     finally:
         steps.fit_rigid = real
     return got

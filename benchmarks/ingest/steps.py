@@ -27,13 +27,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import SimpleITK as sitk  # noqa: E402
 
-from atrx.config.center import load_center  # noqa: E402
-from ingest.discover import plan_center  # noqa: E402
 from ingest.preprocess import PreprocessParams, pipeline  # noqa: E402
-from ingest.readers import read_image, read_mask  # noqa: E402
 from ingest.synth import generate_cohort  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _ingest_cohort import first_studies, read_study  # noqa: E402
 from _record import publish  # noqa: E402
 
 
@@ -53,20 +51,16 @@ def profile(cohort: Path, per_center: int, params: PreprocessParams | None = Non
     pipeline._Pipeline.apply = timed  # type: ignore[method-assign]
     rows = []
     try:
-        for path in sorted((cohort / "centers").glob("*.yaml")):
-            cfg = load_center(path)
-            for plan in [p for p in plan_center(cfg, "benchmark-key-" * 3).patients if p.ok][:per_center]:
-                study, t0 = plan.studies[0], time.process_time()
-                images = {"t1c": read_image(study.t1c), "t2f": read_image(study.t2f)}
-                masks = {m: read_mask(getattr(study, m), getattr(cfg.masks, m),
-                                      images[getattr(cfg.masks, m).space], m) for m in ("lesion", "tumor")}
-                times["read"] += time.process_time() - t0
-                out = pipeline.preprocess_study(images["t1c"], images["t2f"], masks["lesion"],
-                                                cfg.masks.lesion.space, masks["tumor"],
-                                                cfg.masks.tumor.space, params or PreprocessParams())
-                shape = "x".join(map(str, out.arrays["t1c"].shape))
-                rows.append((cfg.center, shape, time.process_time() - t0))
-                print(f"{cfg.center} {shape}: {rows[-1][2]:.1f} CPU-s", flush=True)
+        for cfg, _plan, study in first_studies(cohort, per_center):
+            t0 = time.process_time()
+            images, masks = read_study(cfg, study)
+            times["read"] += time.process_time() - t0
+            out = pipeline.preprocess_study(images["t1c"], images["t2f"], masks["lesion"],
+                                            cfg.masks.lesion.space, masks["tumor"],
+                                            cfg.masks.tumor.space, params or PreprocessParams())
+            shape = "x".join(map(str, out.arrays["t1c"].shape))
+            rows.append((cfg.center, shape, time.process_time() - t0))
+            print(f"{cfg.center} {shape}: {rows[-1][2]:.1f} CPU-s", flush=True)
     finally:
         pipeline._Pipeline.apply = apply  # type: ignore[method-assign]
     return times, rows
