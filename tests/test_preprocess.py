@@ -352,6 +352,8 @@ def test_head_mask_sampling_under_a_binding_cap_recovers_the_pose(capped_fits):
 def test_study_registration_within_1mm_over_the_brain(study, phantom):
     (reg,) = [s for s in study.steps if s["step"] == "register_rigid"]
     assert reg["fixed"] == "t1c" and reg["moving"] == "t2f"
+    assert reg["settings"]["fixed_mask"] == {"kind": "head", "dilation_mm": 6.0}
+    assert 0.0 < reg["fixed_mask_share"] < 1.0  # the recorded share the drawing was raised by
     tx = transform_from_record(reg["transform"])
     assert max_point_error(tx, true_transform(), brain_points(phantom)) < 1.0
 

@@ -67,8 +67,10 @@ def _n_rows(X: Columns) -> int:
     return len(next(iter(X.values()))) if X else 0
 
 
-def _column(X: Columns, name: str) -> np.ndarray:
-    return X[name].to_numpy() if isinstance(X, pd.DataFrame) else np.asarray(X[name])
+def _float_column(X: Columns, name: str) -> np.ndarray:
+    if isinstance(X, pd.DataFrame):
+        return X[name].to_numpy(dtype=np.float64)
+    return np.asarray(X[name], dtype=np.float64)
 
 
 def _check_columns(X: object) -> None:
@@ -94,10 +96,10 @@ def clinical_values(frame: Columns, columns: Sequence[str]) -> np.ndarray:
         raise ValueError(f"the frame lacks clinical column(s) {missing}")
     out = np.empty((_n_rows(frame), len(columns)), dtype=np.float64)
     for j, name in enumerate(columns):
-        values = _column(frame, name)
+        values = frame[name]  # a Series or an array: both have the dtype to_numeric needs
         if name == "sex" and not pd.api.types.is_numeric_dtype(values.dtype):
             out[:, j] = [SEX_CODES.get(v.strip().lower(), np.nan) if isinstance(v, str) else np.nan
-                         for v in values]
+                         for v in np.asarray(values)]
         else:
             out[:, j] = pd.to_numeric(values, errors="coerce")
     return out
@@ -334,8 +336,8 @@ class FusionModel(ClassifierMixin, BaseEstimator):
         if missing:
             raise ValueError(f"X lacks selected imaging feature(s) {missing[:5]}")
         # column by column: ``X[names]`` builds a frame first, 10x the cost on a one-row request
-        values = np.column_stack([_column(X, c).astype(np.float64, copy=False) for c in names]) \
-            if names else np.empty((_n_rows(X), 0))
+        values = np.column_stack([_float_column(X, c) for c in names]) if names \
+            else np.empty((_n_rows(X), 0))
         if np.isnan(values).any():
             bad = [n for n, col in zip(names, np.isnan(values).any(axis=0), strict=True) if col]
             raise ValueError(f"imaging feature(s) {bad[:5]} have missing values")

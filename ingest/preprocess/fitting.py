@@ -8,7 +8,7 @@ the record instead of fitting again. Pure functions on SimpleITK images.
 from __future__ import annotations
 
 import math
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 import numpy as np
 import SimpleITK as sitk
@@ -57,6 +57,8 @@ class RigidFit(TypedDict):
     metric_value: float
     optimizer_iterations: int
     stop_condition: str
+    #: the fixed mask's share of the T1c field of view (with ``reg_fixed_mask: head`` only)
+    fixed_mask_share: NotRequired[float]
 
 
 # --------------------------------------------------------------------------------------------
@@ -324,6 +326,8 @@ def fit_rigid(fixed: sitk.Image, moving: sitk.Image, params: PreprocessParams
         optimizer_iterations=int(reg.GetOptimizerIteration()),
         stop_condition=str(reg.GetOptimizerStopConditionDescription()),
     )
+    if params.reg_fixed_mask == "head":
+        info["fixed_mask_share"] = round(inside, 6)
     return sitk.Euler3DTransform(tx), info
 
 

@@ -26,7 +26,10 @@ __all__ = [
 
 #: 1.1.0: the brain mask keeps the bright class (white matter; ``brain_exclude_bright``), opens
 #: 3 mm, and no longer reads a freed image (which gave empty masks in Dask workers);
-#: 1.2.0: the registration metric draws at most ``reg_max_samples`` points per level
+#: 1.2.0: the registration metric draws at most ``reg_max_samples`` points per level. The defaults
+#: changed on 2026-12-04 (points inside the head, 25k per level, the separable N4 field) without a
+#: new version: the code computes 1.2.0's results from 1.2.0's settings, and the parameter digest
+#: tells the two settings apart
 PREPROCESS_VERSION: Final[str] = "1.2.0"
 #: versions whose step records this code replays to the very same arrays: 1.0.0 differs only in
 #: the brain mask, and a brain_mask record without "exclude_bright" replays the 1.0.0 rule (a
@@ -48,7 +51,8 @@ FIELD_DECIMALS: Final[int] = 6
 
 _AXIS_PAIRS = ({"R", "L"}, {"A", "P"}, {"S", "I"})
 _UNSET = object()
-#: parameters added after 1.2.0 and their values that keep its computation (left out of digests)
+#: parameters added after 1.2.0, left out of digests at these values: with them 1.2.0's settings
+#: compute what 1.2.0 computed and keep its digest (``ingest/preprocess/1.2.0.yaml``)
 _LATER_KNOBS: Final[dict[str, object]] = {"reg_sampling_strategy": "random",
                                           "n4_field_interpolation": "itk",
                                           "reg_fixed_mask": "none",

@@ -124,6 +124,7 @@ class RegisterRecord(TypedDict):
     metric_value: NotRequired[float]
     optimizer_iterations: NotRequired[int]
     stop_condition: NotRequired[str]
+    fixed_mask_share: NotRequired[float]
 
 
 class OutputGridRecord(TypedDict):
