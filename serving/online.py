@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
-import pandas as pd
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.type_map import feast_value_type_to_python_type
@@ -114,11 +113,6 @@ class OnlineRows:
     patient_ids: list[str]
     columns: dict[str, np.ndarray]
     timestamps: list[dict[str, datetime]]
-
-    @property
-    def frame(self) -> pd.DataFrame:
-        """The columns as a model-ready frame (for models that need pandas)."""
-        return pd.DataFrame(self.columns, index=pd.RangeIndex(len(self.patient_ids)), copy=False)
 
 
 class OnlineLookup:

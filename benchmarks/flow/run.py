@@ -141,8 +141,15 @@ def main() -> int:
     ap.add_argument("--against-preprocess", type=Path, metavar="FILE",
                     help="also ingest the cohort with atrx ingest --preprocess FILE (the same-run baseline)")
     args = ap.parse_args()
-    if args.against_preprocess is not None and not args.against_preprocess.is_file():
-        ap.error(f"--against-preprocess {args.against_preprocess}: no such file")
+    if args.against_preprocess is not None:  # refused now, not after the flow's own ingest
+        from atrx.config.base import load_yaml_model
+        from atrx.errors import AtrxError
+        from ingest.preprocess import PreprocessParams
+
+        try:
+            load_yaml_model(PreprocessParams, args.against_preprocess)
+        except AtrxError as exc:
+            ap.error(f"--against-preprocess: {exc}" + (f" ({exc.fix})" if exc.fix else ""))
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     started = time.perf_counter()
@@ -282,6 +289,7 @@ def main() -> int:
     cmd = f".venv/bin/python benchmarks/flow/run.py --scale {args.scale}" + (
         f" --per-center {args.per_center}" if args.per_center is not None else "") + (
         f" --workers {args.workers} --size {args.size} --weights {args.weights}") + (
+        f" --step-patients {args.step_patients}" if args.step_patients != 2 else "") + (
         f" --against-preprocess {args.against_preprocess}" if args.against_preprocess else "")
     mem = psutil.virtual_memory().total / 2**30
     grids = "; ".join(f"{c}: {', '.join(s)}" for c, s in shapes.items()) or "-"

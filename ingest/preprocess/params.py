@@ -103,7 +103,7 @@ class PreprocessParams(BaseModel, extra="forbid", frozen=True):
     #: where the metric draws its points: "head" (inside the fixed T1c's Otsu foreground dilated
     #: by ``reg_mask_dilation_mm``; the drawing share is raised by the mask's inverse volume
     #: fraction so the same number of points fall inside) or "none" (the whole field of view,
-    #: 1.2.0). At clinical sizes head with 25k points costs 0.35x the CPU of 1.2.0's 100k over
+    #: 1.2.0). At clinical sizes head with 25k points costs 0.34x the CPU of 1.2.0's 100k over
     #: the whole field of view, at no loss of accuracy against the true motion (docs/benchmarks.md):
     #: points in the air around the head carry no signal
     reg_fixed_mask: Literal["head", "none"] = "head"
