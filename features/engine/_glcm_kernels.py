@@ -213,3 +213,111 @@ def mcc_q_matrices(p: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
                 for j in range(n):
                     row[j] += (pik * pt[k, j]) / den
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def eigenvalue_bound(lam: np.ndarray, skew: float) -> float:
+    """How far the 2nd largest eigenvalue of H + K may lie from that of H (ascending ``lam``),
+    ||K|| <= ``skew`` (see ``features.engine.glcm._mcc_symmetric`` for the argument)."""
+    n = lam.size
+    lo = hi = n - 2
+    while lo > 0 and lam[lo] - lam[lo - 1] <= 2 * skew:
+        lo -= 1
+    while hi < n - 1 and lam[hi + 1] - lam[hi] <= 2 * skew:
+        hi += 1
+    if lo < hi:
+        return max(lam[hi] - lam[n - 2], lam[n - 2] - lam[lo]) + skew
+    if n < 3:
+        gap = lam[n - 1] - lam[n - 2]
+    else:
+        gap = min(lam[n - 1] - lam[n - 2], lam[n - 2] - lam[n - 3])
+    return min(skew, skew ** 2 / (gap - 2 * skew))
+
+
+@numba.njit(cache=True, nogil=True)
+def mcc_symmetric(p: np.ndarray, rel_bound: float) -> tuple[bool, float]:
+    """(taken, MCC) of the stack of normalised symmetrical matrices ``p`` (a, n, n), n >= 2, from
+    the symmetric eigenproblem of each angle; taken is False where an angle's error bound is not
+    within ``rel_bound`` of the exact value or its eigenvalue lies near 0 (the caller then runs
+    pyradiomics' own ``eigvals``). One pass per angle: Q, its symmetrised S = R^1/2 Q R^-1/2
+    (R = diag(px)), the skew part's norm, ``eigvalsh`` of the symmetric part."""
+    na, n, _ = p.shape
+    w = np.empty((n, n))
+    sym = np.empty((n, n))
+    total = 0.0
+    for a in range(na):
+        pa = p[a]
+        px = np.zeros(n)  # p is symmetrical: its row and column sums are the same floats
+        for i in range(n):
+            for j in range(n):
+                px[i] += pa[i, j]
+        for i in range(n):
+            for j in range(n):
+                w[i, j] = pa[i, j] / (px[i] * px[j] + EPS)
+        q = w @ pa.T
+        root = np.sqrt(np.where(px > 0, px, 1.0))
+        for i in range(n):
+            for j in range(n):
+                sym[i, j] = root[i] * q[i, j] / root[j]
+        skew2 = 0.0
+        for i in range(n):
+            for j in range(n):
+                d = sym[i, j] - sym[j, i]
+                skew2 += d * d
+        skew = 0.5 * np.sqrt(skew2)
+        lam = np.linalg.eigvalsh(0.5 * (sym + sym.T))  # ascending
+        slack = 64 * n * EPS * np.abs(lam).max()  # rounding of Q, H and eigvalsh
+        lam2 = lam[n - 2]
+        bound = eigenvalue_bound(lam, skew) + slack
+        if lam2 - bound < 1e-6 or bound > 2 * rel_bound * np.sqrt(lam2 * (lam2 - bound)):
+            return False, np.nan
+        total += np.sqrt(lam2)
+    return True, total / na
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _pairwise_sum(a: np.ndarray, n: int) -> float:
+    """numpy's ``pairwise_sum`` of a contiguous run of n <= 128 doubles (one block: eight
+    partial sums, then the rest in order), so a mean over angles adds exactly as numpy's does."""
+    if n < 8:
+        res = 0.0
+        for i in range(n):
+            res += a[i]
+        return res
+    r0, r1, r2, r3, r4, r5, r6, r7 = a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]
+    i = 8
+    while i < n - (n % 8):
+        r0 += a[i]
+        r1 += a[i + 1]
+        r2 += a[i + 2]
+        r3 += a[i + 3]
+        r4 += a[i + 4]
+        r5 += a[i + 5]
+        r6 += a[i + 6]
+        r7 += a[i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[i]
+        i += 1
+    return res
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def nanmean_columns(values: np.ndarray) -> np.ndarray:
+    """``numpy.nanmean(values.T, axis=1)`` for (angles <= 128, features) ``values``, bit for bit:
+    NaN taken as 0 in numpy's pairwise sum, divided by the count of the others (NaN for none)."""
+    na, nf = values.shape
+    out = np.empty(nf)
+    row = np.empty(na)
+    for k in range(nf):
+        count = 0
+        for a in range(na):
+            v = values[a, k]
+            if v != v:
+                row[a] = 0.0
+            else:
+                row[a] = v
+                count += 1
+        out[k] = _pairwise_sum(row, na) / count
+    return out

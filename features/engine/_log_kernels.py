@@ -29,10 +29,14 @@ def _step(out, x0, x1, x2, x3, y1, y2, y3, y4, b0, b1, b2, b3, d1, d2, d3, d4):
 
 
 @njit(cache=True, nogil=True, fastmath=False)
-def _filter_plane(data, res, s1, s2, c):
-    """Filter each column of ``data`` (n, m) float64 along axis 0 into ``res`` (n, m) float32.
+def _filter_plane(data, res, s1, s2, c, lo, hi):
+    """Filter each column of ``data`` (n, m) float64 along axis 0 into ``res`` (hi - lo, m)
+    float32: the filtered lines' samples ``lo:hi`` only.
 
-    ``s1``/``s2`` are (n, m) float64 scratch arrays (causal / anticausal parts). n >= 4.
+    ``s1``/``s2`` are (n, m) float64 scratch arrays (causal / anticausal parts). n >= 4,
+    0 <= lo < hi <= n. The causal recursion stops at ``hi`` and the anticausal one at ``lo``:
+    their values there depend only on the samples already passed, so the output is bit for bit
+    the whole line's, cut.
     """
     n0 = c[0]
     n1 = c[1]
@@ -78,7 +82,7 @@ def _filter_plane(data, res, s1, s2, c):
         t = data[3, k] * n0 + data[2, k] * n1 + data[1, k] * n2 + v * n3
         t -= s1[2, k] * d1 + s1[1, k] * d2 + s1[0, k] * d3 + v * bn4
         s1[3, k] = t
-    for i in range(4, n):
+    for i in range(4, hi):
         _step(s1[i], data[i], data[i - 1], data[i - 2], data[i - 3],
               s1[i - 1], s1[i - 2], s1[i - 3], s1[i - 4], n0, n1, n2, n3, d1, d2, d3, d4)
 
@@ -104,47 +108,49 @@ def _filter_plane(data, res, s1, s2, c):
         t = data[e - 2, k] * m1 + data[e - 1, k] * m2 + data[e, k] * m3 + v * m4
         t -= s2[e - 2, k] * d1 + s2[e - 1, k] * d2 + s2[e, k] * d3 + v * bm4
         s2[e - 3, k] = t
-    for i in range(n - 4, 0, -1):
+    for i in range(n - 4, lo, -1):
         _step(s2[i - 1], data[i], data[i + 1], data[i + 2], data[i + 3],
               s2[i], s2[i + 1], s2[i + 2], s2[i + 3], m1, m2, m3, m4, d1, d2, d3, d4)
 
     # outs[i] = causal + anticausal, rounded once to the float32 output pixel
-    for i in range(n):
+    for i in range(lo, hi):
         for k in range(m):
-            res[i, k] = np.float32(s1[i, k] + s2[i, k])
+            res[i - lo, k] = np.float32(s1[i, k] + s2[i, k])
 
 
 @njit(cache=True, nogil=True, fastmath=False)
-def _filter_middle(src, dst, c):
-    """Filter every line along axis 1 of ``src`` (a, n, x), one (n, x) plane per ``a``."""
+def _filter_middle(src, dst, c, lo, hi):
+    """Filter every line along axis 1 of ``src`` (a, n, x), one (n, x) plane per ``a``, into
+    ``dst`` (a, hi - lo, x): samples ``lo:hi`` of each filtered line."""
     na, n, nx = src.shape
     data = np.empty((n, nx), np.float64)
-    res = np.empty((n, nx), np.float32)
+    res = np.empty((hi - lo, nx), np.float32)
     s1 = np.empty((n, nx), np.float64)
     s2 = np.empty((n, nx), np.float64)
     for a in range(na):
         for i in range(n):
             for k in range(nx):
                 data[i, k] = src[a, i, k]
-        _filter_plane(data, res, s1, s2, c)
-        for i in range(n):
+        _filter_plane(data, res, s1, s2, c, lo, hi)
+        for i in range(hi - lo):
             for k in range(nx):
                 dst[a, i, k] = res[i, k]
 
 
 @njit(cache=True, nogil=True, fastmath=False)
-def filter_axis(src, dst, axis, c):
-    """Filter every line of ``src`` (z, y, x) along numpy ``axis`` into float32 ``dst``.
+def filter_axis(src, dst, axis, c, lo, hi):
+    """Filter every line of ``src`` (z, y, x) along numpy ``axis`` into float32 ``dst``, which
+    holds samples ``lo:hi`` along ``axis`` of the filtered lines (``src``'s shape elsewhere).
 
     Lines along z and y are filtered a plane at a time with x innermost (vectorised across lines);
     lines along x are read transposed, plane by plane, into the same layout.
     """
     if axis == 0:  # along z: one (z, x) plane per y
-        _filter_middle(src.transpose((1, 0, 2)), dst.transpose((1, 0, 2)), c)
+        _filter_middle(src.transpose((1, 0, 2)), dst.transpose((1, 0, 2)), c, lo, hi)
     elif axis == 1:  # along y: one (y, x) plane per z
-        _filter_middle(src, dst, c)
+        _filter_middle(src, dst, c, lo, hi)
     else:  # along x: each (y, x) plane read transposed, as (x, y)
-        _filter_middle(src.transpose((0, 2, 1)), dst.transpose((0, 2, 1)), c)
+        _filter_middle(src.transpose((0, 2, 1)), dst.transpose((0, 2, 1)), c, lo, hi)
 
 
 @njit(cache=True, nogil=True, fastmath=False)

@@ -66,39 +66,86 @@ def level_size_matrix(levels: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray
     return matrix, ivector.astype(np.float64), jvector.astype(np.float64)
 
 
+_MATRIX_KEYS = ("SmallS", "LargeS", "GLN", "GLNN", "SN", "SNN", "GLV", "SV", "Entropy", "LowGL",
+                "HighGL", "SmallSLowGL", "SmallSHighGL", "LargeSLowGL", "LargeSHighGL", "Nz")
+
+
 def matrix_features(P: np.ndarray, ivector: np.ndarray, jvector: np.ndarray) -> dict[str, float]:
     """The features GLSZM and GLDM share, under neutral keys (``S`` = size: zone or dependence).
 
-    Same expressions as radiomics/glszm.py and radiomics/gldm.py (``Nz`` = sum of ``P``).
+    Same expressions as radiomics/glszm.py and radiomics/gldm.py (``Nz`` = sum of ``P``), in one
+    numba pass (:func:`_matrix_values`; sums in index order, so a value may differ from
+    numpy's pairwise sums in its last bits).
     """
-    ps = P.sum(0)
-    pg = P.sum(1)
-    Nz = P.sum()  # > 0: ImageLevels refuses empty ROIs
-    i2 = ivector[:, None] ** 2
-    j2 = jvector[None, :] ** 2
-    pg_n = pg / Nz
-    u_i = np.sum(pg_n * ivector)
-    ps_n = ps / Nz
-    u_j = np.sum(ps_n * jvector)
-    p = P / Nz
-    return {
-        "SmallS": np.sum(ps / (jvector ** 2)) / Nz,
-        "LargeS": np.sum(ps * (jvector ** 2)) / Nz,
-        "GLN": np.sum(pg ** 2) / Nz,
-        "GLNN": np.sum(pg ** 2) / Nz ** 2,
-        "SN": np.sum(ps ** 2) / Nz,
-        "SNN": np.sum(ps ** 2) / Nz ** 2,
-        "GLV": np.sum(pg_n * (ivector - u_i) ** 2),
-        "SV": np.sum(ps_n * (jvector - u_j) ** 2),
-        "Entropy": -np.sum(p * np.log2(p + EPS)),
-        "LowGL": np.sum(pg / (ivector ** 2)) / Nz,
-        "HighGL": np.sum(pg * (ivector ** 2)) / Nz,
-        "SmallSLowGL": np.sum(P / (i2 * j2)) / Nz,
-        "SmallSHighGL": np.sum(P * i2 / j2) / Nz,
-        "LargeSLowGL": np.sum(P * j2 / i2) / Nz,
-        "LargeSHighGL": np.sum(P * (i2 * j2)) / Nz,
-        "Nz": Nz,
-    }
+    values = _matrix_values(np.ascontiguousarray(P, dtype=np.float64),
+                            np.ascontiguousarray(ivector, dtype=np.float64),
+                            np.ascontiguousarray(jvector, dtype=np.float64))
+    return dict(zip(_MATRIX_KEYS, values.tolist(), strict=True))
+
+
+@numba.njit(cache=True, nogil=True)
+def _matrix_values(P: np.ndarray, ivector: np.ndarray, jvector: np.ndarray) -> np.ndarray:
+    """:func:`matrix_features`' values in ``_MATRIX_KEYS`` order."""
+    n_i, n_j = P.shape
+    ps = np.zeros(n_j)
+    pg = np.zeros(n_i)
+    nz = 0.0
+    for i in range(n_i):
+        for j in range(n_j):
+            v = P[i, j]
+            ps[j] += v
+            pg[i] += v
+            nz += v  # > 0: ImageLevels refuses empty ROIs
+    u_i = 0.0
+    for i in range(n_i):
+        u_i += pg[i] / nz * ivector[i]
+    u_j = 0.0
+    for j in range(n_j):
+        u_j += ps[j] / nz * jvector[j]
+    small = large = sn = sv = 0.0
+    for j in range(n_j):
+        j2 = jvector[j] ** 2
+        small += ps[j] / j2
+        large += ps[j] * j2
+        sn += ps[j] ** 2
+        sv += ps[j] / nz * (jvector[j] - u_j) ** 2
+    gln = glv = low = high = 0.0
+    for i in range(n_i):
+        i2 = ivector[i] ** 2
+        gln += pg[i] ** 2
+        glv += pg[i] / nz * (ivector[i] - u_i) ** 2
+        low += pg[i] / i2
+        high += pg[i] * i2
+    entropy = s_lo = s_hi = l_lo = l_hi = 0.0
+    for i in range(n_i):
+        i2 = ivector[i] ** 2
+        for j in range(n_j):
+            v = P[i, j]
+            j2 = jvector[j] ** 2
+            pn = v / nz
+            entropy += pn * np.log2(pn + EPS)
+            s_lo += v / (i2 * j2)
+            s_hi += v * i2 / j2
+            l_lo += v * j2 / i2
+            l_hi += v * (i2 * j2)
+    out = np.empty(16)
+    out[0] = small / nz
+    out[1] = large / nz
+    out[2] = gln / nz
+    out[3] = gln / nz ** 2
+    out[4] = sn / nz
+    out[5] = sn / nz ** 2
+    out[6] = glv
+    out[7] = sv
+    out[8] = -entropy
+    out[9] = low / nz
+    out[10] = high / nz
+    out[11] = s_lo / nz
+    out[12] = s_hi / nz
+    out[13] = l_lo / nz
+    out[14] = l_hi / nz
+    out[15] = nz
+    return out
 
 
 def rename(values: dict[str, float], names: dict[str, str]) -> dict[str, float]:

@@ -107,6 +107,8 @@ def add_image_features(out: dict[str, float], image_name: str, array: np.ndarray
 
 
 def _as_float(value: Any) -> float:
+    if type(value) is float:  # most values: no array round trip
+        return value
     return float(np.asarray(value).reshape(()))
 
 

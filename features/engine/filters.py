@@ -2,35 +2,39 @@
 
 Only the feature arithmetic of the engine is its own; everything that makes the images the
 features are computed on is pyradiomics' pipeline, step for step, with the same SimpleITK and
-pywt calls (``getMask``, ``checkMask``, ``cropToTumorMask`` with ``preCrop``/``padDistance``,
+pywt operations (``getMask``, ``checkMask``, ``cropToTumorMask`` with ``preCrop``/``padDistance``,
 ``getOriginalImage``, ``getLoGImage``, ``getWaveletImage``/``_swt3``), so that filtered voxels are
-identical to pyradiomics'. The one exception is how the LoG is run: SimpleITK's
-``LaplacianRecursiveGaussianImageFilter`` was half of the engine's time, so
-:mod:`features.engine.log_filter` runs ITK 5.4's very recursion (same coefficients, boundary
-terms, pass order and float32 intermediates) vectorised across lines, about 6x faster on one
-core and bit for bit equal to SimpleITK's output (``tests/test_engine_log.py``). Arrays are in
-SimpleITK's numpy order (z, y, x).
+identical to pyradiomics'. Two filters run in numba instead of their library, as the very same
+arithmetic: SimpleITK's ``LaplacianRecursiveGaussianImageFilter`` (:mod:`features.engine.log_filter`:
+ITK 5.4's recursion, coefficients, boundary terms, pass order and float32 intermediates,
+vectorised across lines; ``tests/test_engine_log.py``) and the one-level SWT that ``pywt.swtn``
+runs per axis (:mod:`features.engine._swt_kernels`: pywt's periodised convolution with its order
+of products; ``tests/test_engine_kernels.py``), both bit for bit equal to the libraries' output.
+Arrays are in SimpleITK's numpy order (z, y, x).
 
 The features use only the filtered voxels in the ROI's bounding box, so the filters run on the
 whole crop but only where that box needs them (``box`` of :func:`log_image` and
 :func:`wavelet_images`): a separable pass along one axis needs whole lines along it, and later
-passes need the earlier ones' output only on the lines they filter, so after each pass only the
-box's range along that axis is kept. Every line is filtered exactly as on the whole crop, so the
+passes need the earlier ones' output only on the lines they filter, so each pass computes only
+the box's range along its own axis (a recursion runs up to the box's end and back down to its
+start; a convolution's outputs are independent). Every kept value is the whole line's, so the
 result is bit for bit the full-crop filtered image cut to the box (``tests/test_engine_log.py``,
-``tests/test_engine_core.py``); with padDistance 20 the LoG runs 1.5-2x and the wavelet 2.7-4.5x
-faster than on the whole crop (ROIs of 5k-100k voxels).
+``tests/test_engine_core.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pywt
 import SimpleITK as sitk
+from pywt._extensions._pywt import _check_dtype
 from pywt._extensions._swt import swt_axis as _swt_axis  # what pywt.swtn runs per axis
 
+from features.engine._swt_kernels import swt_range
 from features.engine.log_filter import check_box, laplacian_recursive_gaussian
 from features.engine.settings import EngineParams, ImageTypeParams
 from features.errors import FeatureError
@@ -252,13 +256,14 @@ def wavelet_images(array: np.ndarray, wavelet: str = "coif1", level: int = 1, st
     single-level ``swtn`` of the previous approximation; sub-band letters follow the axes
     (x, y, z), 'a' -> 'L' and 'd' -> 'H'; the approximation comes last.
 
-    ``swtn`` is reproduced with the 1-D routine it runs (``swt_axis`` along x, y, z in turn on
-    every current sub-band), restricted to where ``box`` ((z, y, x) slices; None: the whole
-    array) needs it: the x pass on the whole padded array, the y pass only on the lines whose x
-    lies in the box, the z pass only on those whose x and y do (1 + 2 f_x + 4 f_x f_y volume passes
-    instead of 7). Every line is transformed exactly as in ``swtn``, so the bands are box-shaped and
-    bit for bit equal to ``swtn``'s bands cut to the box. Approximations that feed a later level
-    are computed on the whole padded array, as the next level needs them all.
+    ``swtn`` is reproduced with the 1-D transform it runs (``swt_axis`` along x, y, z in turn on
+    every current sub-band, :mod:`features.engine._swt_kernels`), restricted to where ``box``
+    ((z, y, x) slices; None: the whole array) needs it: the x pass on every line of the padded
+    array, the y pass only on the lines whose x lies in the box, the z pass only on those whose x
+    and y do, each pass computing only the box's range along its axis. Every output is
+    ``swtn``'s, so the bands are box-shaped and bit for bit equal to ``swtn``'s bands cut to the
+    box. Approximations that feed a later level are computed on the whole padded array, as the
+    next level needs them all.
     """
     axes = (2, 1, 0)
     shape = array.shape
@@ -287,28 +292,56 @@ def _swt_level(data: np.ndarray, wavelet: pywt.Wavelet, axes: tuple[int, ...],
                box: tuple[slice, ...], full_approx: bool) -> dict[str, np.ndarray]:
     """``pywt.swtn(data, wavelet, level=1, start_level=0, axes=axes)[0]`` cut to ``box``.
 
-    The same ``swt_axis`` calls as ``swtn``'s, in the same order, each on the lines that the box
-    needs: after the pass along an axis a band keeps only that axis' box range (and, when it was
-    kept whole so far, the box range of the axes before). With ``full_approx`` the approximation
-    band ('a' on every axis) is kept whole instead. Keys and their order are ``swtn``'s.
+    The same transforms as ``swtn``'s, in the same order, each on the lines that the box needs
+    and only over the box's range along its own axis (:mod:`features.engine._swt_kernels`, bit
+    for bit ``swt_axis``'s outputs there): a band kept whole so far is first cut to the box along
+    the axes already done. With ``full_approx`` the approximation band ('a' on every axis) is
+    kept whole instead. Keys and their order are ``swtn``'s.
     """
+    data = data.astype(_check_dtype(data), copy=False)  # swt_axis' own conversion
+    if data.dtype not in (np.float32, np.float64):
+        raise TypeError(f"the wavelet filters real images, got {data.dtype}")
+    filters = _swt_filters(wavelet.name, data.dtype)
     bands: list[tuple[str, np.ndarray, bool]] = [("", data, True)]  # key, band, whole so far
     done: list[int] = []
     for axis in axes:
-        done.append(axis)
         new: list[tuple[str, np.ndarray, bool]] = []
         for key, x, whole in bands:
-            c_a, c_d = _swt_axis(x, wavelet, 1, 0, axis)[0]
-            for letter, y in (("a", c_a), ("d", c_d)):
-                if whole and full_approx and letter == "a":
-                    new.append((key + letter, y, True))
-                    continue
-                index = [slice(None)] * y.ndim
-                for a in done if whole else (axis,):
+            cut = x
+            if whole:
+                index = [slice(None)] * x.ndim
+                for a in done:
                     index[a] = box[a]
-                new.append((key + letter, y[tuple(index)], False))
+                cut = x[tuple(index)]
+            lo, hi = box[axis].start, box[axis].stop
+            if whole and full_approx:
+                (c_a,) = swt_range(x, filters[:1], axis, 0, x.shape[axis])
+                (c_d,) = swt_range(cut, filters[1:], axis, lo, hi)
+                new += [(key + "a", c_a, True), (key + "d", c_d, False)]
+            else:
+                c_a, c_d = swt_range(cut, filters, axis, lo, hi)
+                new += [(key + "a", c_a, False), (key + "d", c_d, False)]
+        done.append(axis)
         bands = new
     return {key: band for key, band, _ in bands}
+
+
+@lru_cache(maxsize=32)
+def _swt_filters(name: str, dtype: np.dtype) -> np.ndarray:
+    """pywt's decomposition filters (dec_lo, dec_hi) of wavelet ``name`` in the C type that
+    ``swt_axis`` runs for ``dtype``: read off its response to a unit impulse, so they are the
+    very coefficients its C code multiplies by (its float32 tables included)."""
+    wavelet = pywt.Wavelet(name)
+    taps = wavelet.dec_len
+    n = 2 * taps  # even and longer than the filter: each tap lands once
+    impulse = np.zeros(n, dtype)
+    impulse[0] = 1
+    (c_a, c_d), = _swt_axis(impulse, wavelet, 1, 0, 0)
+    # output o holds filter[j] * impulse[(o + taps//2 - j) mod n], nonzero for j = o + taps//2
+    index = (np.arange(taps) - taps // 2) % n
+    out = np.stack([c_a[index], c_d[index]]).astype(dtype)
+    out.setflags(write=False)
+    return out
 
 
 def images(roi: Roi, image_type: ImageTypeParams) -> Iterator[tuple[str, np.ndarray]]:

@@ -24,10 +24,11 @@ import warnings
 import numpy as np
 
 from features.engine._glcm_kernels import (
-    EPS,
     N_FEATURES,
     glcm_angle_features,
     mcc_q_matrices,
+    mcc_symmetric,
+    nanmean_columns,
 )
 from features.engine.geometry import RoiGeometry
 from features.engine.levels import ANGLES, ImageLevels, roi_levels
@@ -49,11 +50,14 @@ GLCM_FEATURES: tuple[str, ...] = _ANGLE_FEATURES + ("MCC",)
 def nanmean_angles(values: np.ndarray) -> np.ndarray:
     """pyradiomics' ``numpy.nanmean`` over angles (axis 0 of ``values``), NaN where every angle is NaN.
 
-    Taken along the contiguous axis, as pyradiomics takes it, so numpy adds in the same order.
+    Bit for bit numpy's, taken along the contiguous axis as pyradiomics takes it (numba,
+    ``nanmean_columns``: numpy's order of addition, ~15x faster on 13 angles).
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.nanmean(np.ascontiguousarray(values.T), axis=1)
+    if values.shape[0] > 128:  # beyond one pairwise block: numpy itself
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return np.nanmean(np.ascontiguousarray(values.T), axis=1)
+    return nanmean_columns(np.asarray(values, dtype=np.float64))
 
 
 def _q_matrices(p: np.ndarray) -> np.ndarray:
@@ -87,58 +91,30 @@ _MCC_REL_BOUND = 1e-6
 """Largest proven relative gap to the exact MCC that the symmetric shortcut may leave (tests: 1e-4)."""
 
 
-def _eigenvalue_bound(lam: np.ndarray, skew: float) -> float:
-    """How far the 2nd largest eigenvalue of H + K may lie from that of H (ascending ``lam``), ||K|| <= skew.
-
-    Bauer-Fike: each eigenvalue of H + K lies within ``skew`` of one of H, and a connected group
-    of these intervals holds as many of each; so the 2nd largest stays in the group around
-    ``lam[-2]``. An isolated simple eigenvalue (gap d) moves at most skew^2 / (d - 2 skew), as K
-    is skew-symmetric (Schur complement, u'Ku = 0).
-    """
-    n = lam.size
-    lo = hi = n - 2
-    while lo > 0 and lam[lo] - lam[lo - 1] <= 2 * skew:
-        lo -= 1
-    while hi < n - 1 and lam[hi + 1] - lam[hi] <= 2 * skew:
-        hi += 1
-    if lo < hi:
-        return float(max(lam[hi] - lam[n - 2], lam[n - 2] - lam[lo]) + skew)
-    gap = lam[n - 1] - lam[n - 2] if n < 3 else min(lam[n - 1] - lam[n - 2], lam[n - 2] - lam[n - 3])
-    return float(min(skew, skew ** 2 / (gap - 2 * skew)))
-
-
-def _mcc_symmetric(qmat: np.ndarray, px: np.ndarray) -> float | None:
+def _mcc_symmetric(p: np.ndarray) -> float | None:
     """MCC from a symmetric eigenproblem, or None where its error bound is not small enough.
 
     ``S = R^1/2 Q R^-1/2`` (R = diag(px)) has Q's eigenvalues and is symmetric but for
-    pyradiomics' eps; ``eigvalsh`` of its symmetric part H is ~4x cheaper than ``eigvals(Q)``,
-    and :func:`_eigenvalue_bound` bounds what the skew part K changes. Used only where that bound
-    keeps MCC within ``_MCC_REL_BOUND`` of the exact value and away from 0 (where pyradiomics'
-    NaN/complex rounding matters); otherwise the caller runs :func:`_mcc_exact`.
+    pyradiomics' eps; ``eigvalsh`` of its symmetric part H is ~4x cheaper than ``eigvals(Q)``.
+    Bauer-Fike bounds what the skew part K (||K|| <= skew) changes: each eigenvalue of H + K lies
+    within ``skew`` of one of H, and a connected group of these intervals holds as many of each,
+    so the 2nd largest stays in the group around ``lam[-2]``; an isolated simple eigenvalue
+    (gap d) moves at most skew^2 / (d - 2 skew), as K is skew-symmetric (Schur complement,
+    u'Ku = 0). Used only where that bound keeps MCC within ``_MCC_REL_BOUND`` of the exact value
+    and away from 0 (where pyradiomics' NaN/complex rounding matters); otherwise the caller runs
+    :func:`_mcc_exact`. The work is one numba pass per angle (``mcc_symmetric``); Q is taken
+    from a matrix product, its rounding inside the bound's slack.
     """
-    n = qmat.shape[1]
-    root = np.sqrt(np.where(px > 0, px, 1.0))
-    sym = root[:, :, None] * qmat / root[:, None, :]
-    skew = 0.5 * np.sqrt(((sym - sym.transpose(0, 2, 1)) ** 2).sum(axis=(1, 2)))
-    lam = np.linalg.eigvalsh(0.5 * (sym + sym.transpose(0, 2, 1)))  # ascending
-    slack = 64 * n * EPS * np.abs(lam).max(axis=1)  # rounding of Q, H and eigvalsh
-    for a in range(lam.shape[0]):
-        lam2 = lam[a, -2]
-        bound = _eigenvalue_bound(lam[a], float(skew[a])) + slack[a]
-        if lam2 - bound < 1e-6 or bound > 2 * _MCC_REL_BOUND * np.sqrt(lam2 * (lam2 - bound)):
-            return None
-    return float(np.sqrt(lam[:, -2]).mean())
+    taken, value = mcc_symmetric(np.ascontiguousarray(p), _MCC_REL_BOUND)
+    return float(value) if taken else None
 
 
 def _mcc(p: np.ndarray) -> float:
     """MCC of the stack of normalised matrices ``p`` (pyradiomics' value, see the two helpers).
 
-    The shortcut takes Q from a matrix product (its rounding is inside the bound's slack); the
-    exact path takes pyradiomics' own Q, bit for bit.
+    The exact path takes pyradiomics' own Q, bit for bit.
     """
-    px = p.sum(axis=2)
-    qmat = (p / (px[:, :, None] * p.sum(axis=1)[:, None, :] + EPS)) @ p.transpose(0, 2, 1)
-    fast = _mcc_symmetric(qmat, px)
+    fast = _mcc_symmetric(p)
     return _mcc_exact(_q_matrices(p)) if fast is None else fast
 
 

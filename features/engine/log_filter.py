@@ -164,8 +164,10 @@ def laplacian_recursive_gaussian(array: np.ndarray, spacing: tuple[float, float,
     that box only: the result is box-shaped and bit for bit equal to ``full[box]``. Each chain of
     three 1-D passes (along a1, a2, a3) runs pass 1 on every line of the array, pass 2 only on the
     lines along a2 whose a1-coordinate lies in the box, pass 3 only on the lines along a3 whose a1
-    and a2 coordinates lie in the box; every line is filtered exactly as on the whole array (the
-    lines are independent), so nothing changes but the work left out.
+    and a2 coordinates lie in the box; and each pass keeps only the box's range along its own
+    axis, running the causal recursion up to the box's end and the anticausal one down to its
+    start. A recursion's value at a sample depends only on the samples it has passed, so every
+    kept value is the whole line's, bit for bit; nothing changes but the work left out.
     """
     data = np.asarray(array)
     if data.ndim != 3:
@@ -187,19 +189,18 @@ def laplacian_recursive_gaussian(array: np.ndarray, spacing: tuple[float, float,
     zero = [recursive_gaussian_coefficients(sigma, s, _ZERO_ORDER) for s in steps]
 
     cum = np.zeros(tuple(s.stop - s.start for s in cut), np.float32)
-    first = np.empty(data.shape, np.float32)
     for dim in range(3):  # ITK dimension: 0 = x (numpy axis 2), 1 = y, 2 = z
         others = [j for j in range(3) if j != dim]
         chain = ((2 - dim, second[dim]), (2 - others[0], zero[others[0]]),
                  (2 - others[1], zero[others[1]]))
         src = data
-        for step, (axis, c) in enumerate(chain):
-            dst = first if step == 0 else np.empty(src.shape, np.float32)
-            filter_axis(src, dst, axis, c)
+        for axis, c in chain:
             # later passes need this one's output only where this axis lies in the box
-            index = [slice(None)] * 3
-            index[axis] = cut[axis]
-            src = dst[tuple(index)]
+            shape = list(src.shape)
+            shape[axis] = cut[axis].stop - cut[axis].start
+            dst = np.empty(shape, np.float32)
+            filter_axis(src, dst, axis, c, cut[axis].start, cut[axis].stop)
+            src = dst
         spacing2 = steps[dim] * steps[dim]
         accumulate(cum, src, 1.0 / spacing2)
     return cum
