@@ -18,21 +18,26 @@
 # one timed repeat for the ratio. Exit status: 2 without a GPU, else the first failing step's.
 #
 # On this project's lent H200 (../.library/device/KINDS.md, 2026-11): the image's python3 is 3.12
-# with torch 2.11+cu130, numba, scipy, pandas and pytest, but no SimpleITK, PyWavelets, zarr or
-# pyradiomics, and nothing can be fetched there. Carry cp312 manylinux wheels of what the engine
-# imports (SimpleITK, PyWavelets, pyyaml is there) in a folder ignored through .git/info/exclude
-# (64 MiB in all) and `python3 -m pip install --no-index --find-links DIR ...` first, then run
-# `PY=python3 benchmarks/gpu/check.sh`. pyradiomics 3.0.1 (the agreement table's reference) has no
-# wheel and a C extension: build a cp312 wheel where Python 3.12 is (the benchmark's ratio needs it
-# too), or set NO_REFERENCE=1 to skip the agreement table and keep the CUDA-against-numba tests.
+# with torch 2.11+cu130, numba, scipy, pandas and pytest, but no SimpleITK, PyWavelets,
+# connected-components-3d or pyradiomics, and nothing can be fetched there. Here, once per
+# version change: `.venv/bin/python benchmarks/gpu/carry.py` packs them into `.gpu/` (ignored by
+# git; about 32 MiB of the 64 a call carries): the cp312 wheels' packages as site.tar.xz and
+# pyradiomics 3.0.1's sources. There: `PY=python3 benchmarks/gpu/check.sh`, with `.gpu` in the
+# run's carry. Its first step unpacks .gpu/ into /tmp and compiles pyradiomics' two C extensions
+# with the machine's compiler (benchmarks/gpu/unpack.py); where that cannot be done it says why
+# and sets NO_REFERENCE=1, which skips the agreement table against pyradiomics and the
+# benchmark's pyradiomics side, and keeps the CUDA-against-numba tests (the numba engine's
+# agreement with pyradiomics is tested on the CPU in every test run).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 if [ -z "${PY:-}" ]; then
     if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 NUMBA_NUM_THREADS=1
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"  # the repository itself: nothing is installed
 start=$SECONDS
 step() { echo; echo "=== [$((SECONDS - start)) s] $*"; }
+
 
 step "nvidia-smi"
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi; then
@@ -62,6 +67,23 @@ then
     exit 2
 fi
 
+if [ -d .gpu ]; then
+    step "carried packages (.gpu/ from benchmarks/gpu/carry.py)"
+    cat .gpu/MANIFEST.txt 2>/dev/null
+    paths=$("$PY" benchmarks/gpu/unpack.py .gpu /tmp/atrx-gpu)
+    rc=$?
+    echo "$paths"
+    [ $rc -eq 2 ] && exit 2
+    [ $rc -eq 3 ] && export NO_REFERENCE=1
+    export PYTHONPATH="$PYTHONPATH:$(echo "$paths" | tail -n 1)"
+    "$PY" -c "import SimpleITK, pywt, cc3d; print('SimpleITK', SimpleITK.Version_VersionString(), '| pywt', pywt.__version__, '| cc3d', cc3d.__file__)" \
+        || { echo "check.sh: the carried packages do not import with $PY" >&2; exit 2; }
+    if [ -z "${NO_REFERENCE:-}" ] && ! "$PY" -c "import radiomics; print('pyradiomics', radiomics.__version__, radiomics.__file__)"; then
+        echo "check.sh: the pyradiomics built here does not import; NO_REFERENCE=1" >&2
+        export NO_REFERENCE=1
+    fi
+fi
+
 status=0
 if [ -z "${NO_REFERENCE:-}" ]; then
     step "agreement table on CUDA (pytest -k cuda)"
@@ -75,9 +97,12 @@ step "torch backend on CUDA against the numba path (tests/test_engine_tensor.py 
 "$PY" -m pytest -q -p no:cacheprovider tests/test_engine_tensor.py -k cuda
 rc=$?; [ $status -eq 0 ] && status=$rc
 
-step "benchmark: benchmarks/radiomics/run.py --device cuda"
+baseline=pyradiomics
+[ -n "${NO_REFERENCE:-}" ] && baseline=numba  # then ours against the numba engine on one core
+step "benchmark: benchmarks/radiomics/run.py --device cuda --baseline $baseline"
 "$PY" benchmarks/radiomics/run.py --device cuda --no-write --sizes 5000 30000 100000 \
-    --patient-sizes 30000 --repeats 3 --pyradiomics-repeats 1 --batch-patients 16
+    --patient-sizes 30000 --repeats 3 --pyradiomics-repeats 1 --batch-patients 16 \
+    --baseline "$baseline"
 rc=$?; [ $status -eq 0 ] && status=$rc
 
 step "done, exit status $status"

@@ -3,7 +3,7 @@ pyradiomics 3.0.1, on the same ROIs, with all features of the parameter file inc
 
     .venv/bin/python benchmarks/radiomics/run.py [--sizes 5000 30000 100000] [--repeats 3]
         [--patient-sizes 30000] [--params features/params/radiomics.yaml] [--no-write]
-        [--device cpu|cuda [--batch-patients 8] [--pyradiomics-repeats 1]]
+        [--device cpu|cuda [--batch-patients 8] [--pyradiomics-repeats 1]] [--baseline numba]
 
 ROIs: irregular z-scored lesions of about the given voxel counts in a 1 mm volume with 20 mm of
 margin (as ingest writes them). One process, one thread for SimpleITK, BLAS and numba: "per core".
@@ -23,6 +23,9 @@ and adds a batched table: ``--batch-patients`` patients' ROIs (three each, of th
 ``--patient-sizes``) filtered on the host, then all their (ROI, image) jobs in one torch call,
 against the numba path on the same filtered images (both timings include discretisation, not
 filtering). ``--pyradiomics-repeats`` (default ``--repeats``) shortens pyradiomics' side.
+``--baseline numba`` measures ours against the numba engine on one thread instead of
+pyradiomics, for a machine without pyradiomics (the lent GPU machine, benchmarks/gpu/check.sh);
+the CPU runs give the numba engine's own ratio to pyradiomics.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
@@ -101,11 +105,12 @@ def patient(voxels: int, seed: int) -> tuple[sitk.Image, dict[str, sitk.Image]]:
 
 
 def patient_rows(sizes: list[int], repeats: int, params: dict, device: str | None = None,
-                 ref_repeats: int | None = None) -> list[str]:
-    """The per-patient table: ours per patient and per ROI against pyradiomics per ROI."""
+                 ref_repeats: int | None = None, baseline: str = "pyradiomics") -> list[str]:
+    """The per-patient table: ours per patient and per ROI against the baseline per ROI."""
     from features.engine import extract
     from features.engine.batch import extract_rois
-    from features.radiomics import extract_pyradiomics
+
+    reference, ref_name = baseline_extractor(baseline)
 
     rows = []
     for i, size in enumerate(sizes):
@@ -115,24 +120,37 @@ def patient_rows(sizes: list[int], repeats: int, params: dict, device: str | Non
                                  repeats)
         roi_s, _ = best_of(lambda im=image, ms=masks: [extract(im, m, params, device)
                                                       for m in ms.values()], repeats)
-        ref_s, refs = best_of(lambda im=image, ms=masks: [extract_pyradiomics(im, m, params)
+        ref_s, refs = best_of(lambda im=image, ms=masks: [reference(im, m, params)
                                                           for m in ms.values()],
                               repeats if ref_repeats is None else ref_repeats)
         diff = max(max_rel_diff(batch[name], {k: v for k, v in ref.items()
                                               if not k.startswith("diagnostics_")})
                    for name, ref in zip(masks, refs, strict=True))
         print(f"patient {'/'.join(map(str, counts))} voxels: per patient {batch_s:.3f} s, per ROI "
-              f"{roi_s:.3f} s, pyradiomics {ref_s:.3f} s -> {ref_s / batch_s:.1f}x (per ROI "
+              f"{roi_s:.3f} s, {ref_name} {ref_s:.3f} s -> {ref_s / batch_s:.1f}x (per ROI "
               f"{ref_s / roi_s:.1f}x; max rel diff {diff:.1e})", flush=True)
         rows.append(f"| {' / '.join(map(str, counts))} | {batch_s:.3f} | {roi_s:.3f} | {ref_s:.3f} "
                     f"| {ref_s / batch_s:.1f} | {ref_s / roi_s:.1f} | {roi_s / batch_s:.2f} "
                     f"| {diff:.1e} |\n")
     return ["\nPer patient: three nested ROIs of one image (edema / tumor / overall voxels), ours "
             f"({device or 'numba'}) in one `extract_rois` call (each filter once per source) and "
-            "per ROI, pyradiomics per ROI; ratios are ROIs/s per core.\n\n",
-            "| ROI voxels | ours per patient s | ours per ROI s | pyradiomics s | ratio per patient "
-            "(ours / pyradiomics) | ratio per ROI | per patient / per ROI | max rel diff |\n"
+            f"per ROI, {ref_name} per ROI; ratios are ROIs/s per core.\n\n",
+            f"| ROI voxels | ours per patient s | ours per ROI s | {ref_name} s | ratio per patient "
+            f"(ours / {ref_name}) | ratio per ROI | per patient / per ROI | max rel diff |\n"
             "|---|---|---|---|---|---|---|---|\n", *rows]
+
+
+def baseline_extractor(baseline: str) -> tuple[Callable[..., dict], str]:
+    """(extract(image, mask, params), name) of the side ours is measured against: pyradiomics
+    3.0.1, or (``numba``, where pyradiomics cannot be installed, as on the lent GPU machine) our
+    numba engine on one thread, whose own ratio to pyradiomics the CPU runs of this script give."""
+    if baseline == "pyradiomics":
+        from features.radiomics import extract_pyradiomics
+
+        return extract_pyradiomics, "pyradiomics"
+    from features.engine import extract
+
+    return (lambda image, mask, params: extract(image, mask, params, None)), "numba engine"
 
 
 def batched_rows(n_patients: int, size: int, repeats: int, params: dict, device: str
@@ -202,14 +220,18 @@ def main() -> None:
     ap.add_argument("--batch-patients", type=int, default=8,
                     help="with --device: patients in the batched table (0: no table)")
     ap.add_argument("--pyradiomics-repeats", type=int, default=None,
-                    help="repeats of pyradiomics' side (default: --repeats)")
+                    help="repeats of the baseline's side (default: --repeats)")
+    ap.add_argument("--baseline", choices=["pyradiomics", "numba"], default="pyradiomics",
+                    help="what ours is measured against (numba: where pyradiomics is missing)")
     args = ap.parse_args()
     ref_repeats = args.repeats if args.pyradiomics_repeats is None else args.pyradiomics_repeats
     logging.getLogger("radiomics").setLevel(logging.ERROR)
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
 
     from features.engine import ENGINE_NAME, ENGINE_VERSION, extract
-    from features.radiomics import extract_pyradiomics, load_params, pyradiomics_params
+    from features.radiomics import load_params, pyradiomics_params
+
+    reference, ref_name = baseline_extractor(args.baseline)
 
     # without our own keys (engine, reference), as the features job hands both engines the file
     params = pyradiomics_params(load_params(args.params))
@@ -224,18 +246,19 @@ def main() -> None:
         device_title = f", torch backend on {args.device} ({gpu}, torch {torch.__version__})"
         device_flags = (f" --device {args.device} --batch-patients {args.batch_patients} "
                         f"--pyradiomics-repeats {ref_repeats}")
+    if args.baseline != "pyradiomics":
+        device_flags += f" --baseline {args.baseline}"
     rows = []
     for i, size in enumerate(args.sizes):
         image, mask = lesion(size, seed=i)
         n = int(sitk.GetArrayViewFromImage(mask).sum())
         ours_s, ours = best_of(lambda im=image, m=mask: extract(im, m, params, args.device),
                                args.repeats)
-        ref_s, ref = best_of(lambda im=image, m=mask: extract_pyradiomics(im, m, params),
-                             ref_repeats)
+        ref_s, ref = best_of(lambda im=image, m=mask: reference(im, m, params), ref_repeats)
         ref = {k: v for k, v in ref.items() if not k.startswith("diagnostics_")}
         diff = max_rel_diff(ours, ref)
         rows.append((size, n, len(ref), ours_s, ref_s, diff))
-        print(f"{n} voxels, {len(ref)} features: ours {ours_s:.3f} s, pyradiomics {ref_s:.3f} s "
+        print(f"{n} voxels, {len(ref)} features: ours {ours_s:.3f} s, {ref_name} {ref_s:.3f} s "
               f"-> {ref_s / ours_s:.1f}x (max rel diff {diff:.1e})", flush=True)
     lines = [
         f"\n### Radiomics engine{device_title}, {dt.date.today()} ({platform.machine()}, 1 "
@@ -243,20 +266,22 @@ def main() -> None:
         f"Command: `.venv/bin/python benchmarks/radiomics/run.py --sizes "
         f"{' '.join(map(str, args.sizes))} --patient-sizes {' '.join(map(str, args.patient_sizes))} "
         f"--repeats {args.repeats}{device_flags}` "
-        f"({Path(args.params).name}; {ENGINE_NAME} {ENGINE_VERSION} vs pyradiomics 3.0.1)\n\n",
+        f"({Path(args.params).name}; {ENGINE_NAME} {ENGINE_VERSION} vs "
+        f"{'pyradiomics 3.0.1' if args.baseline == 'pyradiomics' else 'its numba path, 1 thread'})\n\n",
     ]
     if rows:
         total_ours = sum(r[3] for r in rows)
         total_ref = sum(r[4] for r in rows)
         lines += [
-            "| ROI voxels | features | ours s | pyradiomics s | ROIs/s per core, ratio (ours / "
-            "pyradiomics) | max rel diff |\n|---|---|---|---|---|---|\n",
+            f"| ROI voxels | features | ours s | {ref_name} s | ROIs/s per core, ratio (ours / "
+            f"{ref_name}) | max rel diff |\n|---|---|---|---|---|---|\n",
             *(f"| {r[1]} | {r[2]} | {r[3]:.3f} | {r[4]:.3f} | {r[4] / r[3]:.1f} | {r[5]:.1e} |\n"
               for r in rows),
             f"| all | | {total_ours:.3f} | {total_ref:.3f} | {total_ref / total_ours:.1f} | |\n",
         ]
     if args.patient_sizes:
-        lines += patient_rows(args.patient_sizes, args.repeats, params, args.device, ref_repeats)
+        lines += patient_rows(args.patient_sizes, args.repeats, params, args.device, ref_repeats,
+                              args.baseline)
     if args.device and args.batch_patients:
         lines += batched_rows(args.batch_patients, (args.patient_sizes or [30000])[0],
                               args.repeats, params, args.device)
