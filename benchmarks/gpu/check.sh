@@ -23,11 +23,11 @@
 # version change: `.venv/bin/python benchmarks/gpu/carry.py` packs them into `.gpu/` (ignored by
 # git; about 32 MiB of the 64 a call carries): the cp312 wheels' packages as site.tar.xz and
 # pyradiomics 3.0.1's sources. There: `PY=python3 benchmarks/gpu/check.sh`, with `.gpu` in the
-# run's carry. Its first step unpacks .gpu/ into /tmp and compiles pyradiomics' two C extensions
-# with the machine's compiler (benchmarks/gpu/unpack.py); where that cannot be done it says why
-# and sets NO_REFERENCE=1, which skips the agreement table against pyradiomics and the
-# benchmark's pyradiomics side, and keeps the CUDA-against-numba tests (the numba engine's
-# agreement with pyradiomics is tested on the CPU in every test run).
+# run's carry. After the GPU checks it unpacks .gpu/ into /tmp and compiles pyradiomics' two C
+# extensions with the machine's compiler (benchmarks/gpu/unpack.py); where that cannot be done it
+# says why and sets NO_REFERENCE=1, which skips the agreement table against pyradiomics, keeps
+# the CUDA-against-numba tests (the numba engine's agreement with pyradiomics is tested on the
+# CPU in every test run) and benchmarks against the numba engine (run.py --baseline numba).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 if [ -z "${PY:-}" ]; then
