@@ -1,10 +1,12 @@
-"""benchmarks/gpu/unpack.py, what check.sh runs first on an offline GPU machine: it unpacks the
+"""benchmarks/gpu/unpack.py, what check.sh runs on an offline GPU machine after its GPU checks: it unpacks the
 carried packages and compiles pyradiomics' C extensions with this machine's compiler (gcc here,
-as on CI). The carry is a small stand-in with the real layout: a module in site.tar.xz and two C
+as on CI, where ``ATRX_REQUIRE_COMPILER=1`` turns a missing toolchain from a skip into a
+failure). The carry is a small stand-in with the real layout: a module in site.tar.xz and two C
 extension modules under radiomics/src/ in the sources' archive."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import tarfile
@@ -46,6 +48,8 @@ def test_unpack_builds_the_extensions_and_names_the_paths(tmp_path: Path) -> Non
     run = subprocess.run([sys.executable, str(UNPACK), str(carry), str(dest)],
                          check=False, capture_output=True, text=True, timeout=300)
     if run.returncode == 3 and "pyradiomics is not available" in run.stderr:
+        if os.environ.get("ATRX_REQUIRE_COMPILER") == "1":  # CI builds pyradiomics with gcc too
+            pytest.fail(f"ATRX_REQUIRE_COMPILER=1 but {run.stderr.strip()}")
         pytest.skip(f"no C toolchain for this Python: {run.stderr.strip()}")
     assert run.returncode == 0, run.stderr
     paths = run.stdout.strip().splitlines()[-1]

@@ -60,7 +60,11 @@ def _pip(*args: str) -> None:
 def _wheels(dest: Path, python: str) -> list[Path]:
     """The cp``python`` wheels of the installed versions, downloaded into ``dest``."""
     platform = [f for p in PLATFORMS for f in ("--platform", p)]
-    names = [f"{name}=={metadata.version(name)}" for name in WHEELS]
+    try:
+        names = [f"{name}=={metadata.version(name)}" for name in WHEELS]
+    except metadata.PackageNotFoundError as exc:
+        sys.exit(f"carry.py: {exc.name} is not installed in {sys.prefix}; run `make install` "
+                 "first (the carry takes the installed versions)")
     _pip("--only-binary=:all:", "--python-version", python, "--implementation", "cp",
          *platform, "-d", str(dest), *names)
     return sorted(dest.glob("*.whl"))
