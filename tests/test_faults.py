@@ -28,7 +28,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client, Event, LocalCluster
 from faults_export import CENTERS, FAULTS, PHI, build_export, healthy_raw, pid
 from typer.testing import CliRunner
 
@@ -124,14 +124,34 @@ def _ingest_with_a_worker_killed(flow: Flow, cfg: Path, client: Client) -> None:
     flow.lost_to_worker = {r[0] for r in flow.query("select patient_id from quarantine where stage = 'worker'")}
 
 
+def _hold(event: str) -> None:
+    """A task that keeps its worker's one thread until ``event`` is set (or four minutes pass)."""
+    Event(event).wait(timeout=240)
+
+
 def _ingest_with_the_driver_killed(flow: Flow, cfg: Path, client: Client, center: str) -> None:
-    """`atrx ingest` as its own process, SIGKILLed once its first patient is in the catalog."""
+    """`atrx ingest` as its own process, SIGKILLed mid-run, then run again.
+
+    Killing it "once its first patient is in the catalog" raced a fast ingest on a loaded machine:
+    the run could finish between two polls. So both workers are held (a task of higher priority that
+    waits on a Dask event) as soon as the run's first patients start: at most the two or four
+    already sent to the workers finish, the driver waits for the rest, and is killed while it waits.
+    """
     env = {**os.environ, "ATRX_HOME": flow.ws.home}
+    client.wait_for_workers(2, timeout=120)  # center A's killed worker is back
+    event = f"hold-{center}-{time.monotonic_ns()}"
     proc = subprocess.Popen([sys.executable, "-m", "atrx.cli", "ingest", str(cfg), "--scheduler",
                              client.scheduler.address], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
+    holds = []
     try:
+        while time.monotonic() < deadline and proc.poll() is None and not holds:
+            if any(str(k).startswith("ingest-") for keys in client.processing().values() for k in keys):
+                holds = [client.submit(_hold, event, key=f"{event}-{addr}", workers=[addr],
+                                       allow_other_workers=False, priority=1000, pure=False)
+                         for addr in client.scheduler_info()["workers"]]
+            time.sleep(0.01)
         while time.monotonic() < deadline and proc.poll() is None:
             n = flow.query("select count(*) from scans where center = ?", [center])[0][0]
             if n:
@@ -143,6 +163,8 @@ def _ingest_with_the_driver_killed(flow: Flow, cfg: Path, client: Client, center
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        Event(event, client=client).set()
+        client.gather(holds, errors="skip")
     # what the dead driver had submitted may still run; the rerun starts once the cluster is idle
     while time.monotonic() < deadline and any(client.processing().values()):
         time.sleep(0.05)
