@@ -72,7 +72,8 @@ def compute(run: FeaturesRun, batches: Sequence[list[Target]], results: dict[Tar
     """
     recipe, ws = run.recipe, run.ws
     device = "cuda" if run.gpus else "cpu"
-    with dask_client(run.scheduler, run.workers, run.gpus) as client:
+    with dask_client(run.scheduler, run.workers, run.gpus,
+                     threads_per_gpu=run.threads_per_gpu) as client:
         from distributed import as_completed
 
         check_worker_libraries(client, recipe.libraries)
@@ -178,5 +179,5 @@ def _gpu_resources(client: Any) -> dict[str, int] | None:
     if any((w.get("resources") or {}).get("GPU") for w in workers):
         return {"GPU": 1}
     log.warning("no worker declares a 'GPU' resource; deep batches go to any worker "
-                "(start workers with --resources GPU=1 to keep them on GPU workers)")
+                "(start GPU workers with --nthreads N --resources GPU=N to keep them there)")
     return None

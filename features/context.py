@@ -75,6 +75,7 @@ class FeaturesRun:
     scheduler: str | None = None
     workers: int | None = None
     gpus: bool = False
+    threads_per_gpu: int | None = None
     batch_size: int = 32
     checkpoint_seconds: float = CHECKPOINT_SECONDS
     progress: ProgressFn | None = None

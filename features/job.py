@@ -141,6 +141,7 @@ def run_features(
     scheduler: str | None = None,
     workers: int | None = None,
     gpus: bool = False,
+    threads_per_gpu: int | None = None,
     weights: str = "imagenet",
     batch_size: int = 32,
     progress: ProgressFn | None = None,
@@ -160,6 +161,14 @@ def run_features(
     kinds = tuple(kinds)
     if not kinds or any(k not in KINDS for k in kinds):
         raise InputError(f"kinds must be a non-empty subset of {KINDS}, got {kinds}")
+    if threads_per_gpu is not None:
+        if threads_per_gpu < 1:
+            raise InputError(f"threads_per_gpu must be >= 1, got {threads_per_gpu}")
+        if not gpus or scheduler:
+            raise InputError(
+                "--threads-per-gpu applies only to the GPU cluster `atrx features --gpus` starts",
+                fix=("start the scheduler's GPU workers with --nthreads N --resources GPU=N instead"
+                     if scheduler else "add --gpus, or leave --threads-per-gpu out"))
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     if not checkpoint_seconds >= 0:
@@ -175,7 +184,7 @@ def run_features(
         targets = pending_targets(studies, cat.settled_lineage(), recipe.view_versions)
         run_id = cat.start_run("features", None, None, recipe.run_params_hash, recipe.run_versions)
         run = FeaturesRun(ws, run_id, recipe, scheduler=scheduler, workers=workers, gpus=gpus,
-                          batch_size=batch_size, checkpoint_seconds=checkpoint_seconds,
+                          threads_per_gpu=threads_per_gpu, batch_size=batch_size, checkpoint_seconds=checkpoint_seconds,
                           progress=progress)
         summary = FeaturesSummary(run_id, recipe.weights, recipe.weights_id, recipe.versions,
                                   scans=len(studies))

@@ -280,3 +280,27 @@ def test_prepare_offset_is_the_crop_start() -> None:
             crop = sitk.GetArrayViewFromImage(image)[tuple(
                 slice(s, s + n) for s, n in zip(start, roi.array.shape, strict=True))]
             assert np.array_equal(crop, roi.array)
+
+
+def test_threads_sharing_a_process_give_the_serial_results() -> None:
+    """The numba kernels release the GIL (``nogil=True``), so patients in threads of one process
+    (a GPU worker's task threads, ``run.py --host-threads``) really run at once: no kernel may
+    share state between calls. Four patients on 2 threads, each patient twice, equal the serial
+    results bit for bit, refused ROIs included."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = ["nested_centre", "nested_border", "nested_aniso", "offset_pair"] * 2
+    p = params("ours")
+    serial = {name: batch.extract_rois(*patient(name), p) for name in names[:4]}
+    with ThreadPoolExecutor(2) as pool:
+        threaded = list(pool.map(lambda name: batch.extract_rois(*patient(name), p), names))
+    for name, got in zip(names, threaded, strict=True):
+        want = serial[name]
+        assert list(got) == list(want)
+        for roi, values in want.items():
+            if isinstance(values, FeatureError):
+                assert isinstance(got[roi], FeatureError) and str(got[roi]) == str(values), roi
+                continue
+            assert list(got[roi]) == list(values)
+            np.testing.assert_array_equal(np.array(list(got[roi].values()), dtype=float),
+                                          np.array(list(values.values()), dtype=float), err_msg=roi)

@@ -24,6 +24,7 @@ import pytest
 from distributed import Client, LocalCluster
 
 from atrx.catalog import Catalog
+from atrx.errors import InputError
 from atrx.imagestore import version_path, write_version
 from atrx.names import ROIS, SEQUENCES, all_views, view_name
 from atrx.workspace import Workspace
@@ -400,6 +401,19 @@ def test_missing_imagenet_weights_fail_before_any_work(tmp_path, monkeypatch) ->
     with pytest.raises(WeightsNotFoundError, match="ImageNet ResNet34 weights not found") as info:
         run_features(ws, weights="imagenet")
     assert str(tmp_path / "empty-torch-home") in str(info.value)
+    assert not Path(ws.catalog).exists()
+
+
+@pytest.mark.parametrize("gpus, scheduler, fix", [(False, None, "add --gpus"),
+                                                   (True, "tcp://127.0.0.1:1", "--nthreads N --resources GPU=N")])
+def test_threads_per_gpu_outside_the_gpu_cluster_it_starts_fails_before_any_work(
+        tmp_path, gpus, scheduler, fix) -> None:
+    """``--threads-per-gpu`` sizes the LocalCUDACluster of ``--gpus``; anywhere else it would be
+    silently ignored, so it is refused, naming what sizes the workers there."""
+    ws = Workspace.at(tmp_path / "home")
+    with pytest.raises(InputError, match="--threads-per-gpu applies only") as info:
+        run_features(ws, gpus=gpus, scheduler=scheduler, weights=RANDOM, threads_per_gpu=2)
+    assert fix in info.value.fix
     assert not Path(ws.catalog).exists()
 
 

@@ -15,6 +15,7 @@ import pytest
 import zarr
 
 from atrx.catalog import StudyVersion
+from atrx.cluster import _visible_gpus, gpu_worker_threads
 from atrx.errors import DEBUG_ENV, AtrxError, ExitCode
 from atrx.imagestore import IncompleteVersionError, version_path, write_version
 from atrx.names import SEQUENCES, all_views, view_name
@@ -195,6 +196,22 @@ def test_gpus_choose_the_radiomics_device_by_engine(caplog) -> None:
     with pytest.raises(RadiomicsParamsError, match="pyradiomics engine") as info:
         extract_radiomics_rois(None, {}, "t1c", {**PARAMS, "engine": "pyradiomics"}, "cuda")
     assert "engine: atrx" in info.value.fix
+
+
+def test_gpu_workers_share_the_host_cores_among_the_gpus(monkeypatch) -> None:
+    """Under ``--gpus`` each GPU runs cores/GPUs tasks at once unless ``--threads-per-gpu`` says."""
+    assert gpu_worker_threads(16, 1) == 16
+    assert gpu_worker_threads(16, 3) == 5
+    assert gpu_worker_threads(2, 4) == 1
+    assert gpu_worker_threads(16, 1, requested=4) == 4
+    with pytest.raises(AtrxError, match="threads-per-gpu") as info:
+        gpu_worker_threads(16, 1, requested=0)
+    assert "leave it out" in info.value.fix
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,2, 3")
+    assert _visible_gpus() == 3
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert _visible_gpus() == 0
+    assert gpu_worker_threads(16, _visible_gpus()) == 16
 
 
 def test_pending_skips_only_rows_settled_at_the_current_version() -> None:

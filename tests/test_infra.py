@@ -121,7 +121,11 @@ def test_dask_cluster_gpu_workers() -> None:
     assert 8786 in ports
     args = worker["args"]
     assert args[0] == "dask-cuda-worker"
-    assert args[args.index("--resources") + 1] == "GPU=1"  # what features.compute asks the CNN for
+    # one GPU unit per task thread: each GPU task asks for one (features.compute), the threads
+    # match the CPUs the pod requests, so tasks share the GPU and nothing oversubscribes the cores
+    threads = int(args[args.index("--nthreads") + 1])
+    assert args[args.index("--resources") + 1] == f"GPU={threads}"
+    assert threads == int(worker["resources"]["requests"]["cpu"]) > 1
     assert "$(DASK_WORKER_NAME)" in args
     for section in ("limits", "requests"):
         assert int(worker["resources"][section]["nvidia.com/gpu"]) == 1

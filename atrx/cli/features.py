@@ -14,6 +14,9 @@ def features(
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
     gpus: Annotated[bool, typer.Option("--gpus", help="dask_cuda.LocalCUDACluster; the CNN runs on CUDA")] = False,
+    threads_per_gpu: Annotated[int | None, typer.Option(
+        "--threads-per-gpu", min=1,
+        help="with --gpus: tasks sharing each GPU at once (default: the host's cores / the GPUs)")] = None,
     weights: Annotated[str, typer.Option(
         "--weights", help="imagenet (torchvision's cache), a .pth file, or random:SEED (tests, demos)")] = "imagenet",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="crops per CNN forward pass")] = 32,
@@ -30,12 +33,12 @@ def features(
     from atrx.workspace import Workspace
 
     run_features_cli(console(), Workspace.at(home), scheduler=scheduler, workers=workers, gpus=gpus,
-                     weights=weights, batch_size=batch_size, checkpoint_seconds=checkpoint_seconds)
+                     threads_per_gpu=threads_per_gpu, weights=weights, batch_size=batch_size, checkpoint_seconds=checkpoint_seconds)
 
 
 def run_features_cli(con: Any, ws: Any, *, scheduler: str | None = None, workers: int | None = None,
-                     gpus: bool = False, weights: str = "imagenet", batch_size: int = 32,
-                     checkpoint_seconds: float = 300.0) -> Any:
+                     gpus: bool = False, threads_per_gpu: int | None = None, weights: str = "imagenet",
+                     batch_size: int = 32, checkpoint_seconds: float = 300.0) -> Any:
     """Run the features job with a progress bar; print per-view rows, failures and the summary."""
     from atrx.ui import kv_table, progress_bar, rows_table
     from features.job import run_features
@@ -44,8 +47,8 @@ def run_features_cli(con: Any, ws: Any, *, scheduler: str | None = None, workers
         con.print(f"[bold yellow]CNN weights are RANDOM ({weights}), not ImageNet: deep features are for "
                   "tests and demos only. The choice is recorded in the feature version and lineage.[/]")
     with progress_bar(con, "computing features", 1) as update:
-        summary = run_features(ws, scheduler=scheduler, workers=workers, gpus=gpus, weights=weights,
-                               batch_size=batch_size, progress=update,
+        summary = run_features(ws, scheduler=scheduler, workers=workers, gpus=gpus,
+                               threads_per_gpu=threads_per_gpu, weights=weights, batch_size=batch_size, progress=update,
                                checkpoint_seconds=checkpoint_seconds)
     con.print(rows_table("rows per feature view", ["view", "written this run", "rows in current version"],
                          summary.view_rows()))

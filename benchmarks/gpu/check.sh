@@ -14,8 +14,8 @@
 # table on CUDA (`pytest tests/test_engine_agreement.py -k cuda`: every generated case, the
 # 100k-voxel ones included, and brain1 against pyradiomics 3.0.1, 1e-4 relative) and the cuda tests of tests/test_engine_tensor.py
 # (CUDA against the numba path, 1e-9); then benchmarks/radiomics/run.py --device cuda --no-write
-# (ROIs of 5k/30k/100k voxels, one patient, 16 patients batched), pyradiomics at 1 thread and
-# one timed repeat for the ratio. Exit status: 2 without a GPU, else the first failing step's.
+# (ROIs of 5k/30k/100k voxels, one patient, 16 patients batched, and 16 patients over 1, 4 and
+# all host threads sharing the GPU), pyradiomics at 1 thread and one timed repeat for the ratio. Exit status: 2 without a GPU, else the first failing step's.
 #
 # On this project's lent H200 (../.library/device/KINDS.md, 2026-11): the image's python3 is 3.12
 # with torch 2.11+cu130, numba, scipy, pandas and pytest, but no SimpleITK, PyWavelets,
@@ -100,9 +100,12 @@ rc=$?; [ $status -eq 0 ] && status=$rc
 baseline=pyradiomics
 [ -n "${NO_REFERENCE:-}" ] && baseline=numba  # then ours against the numba engine on one core
 step "benchmark: benchmarks/radiomics/run.py --device cuda --baseline $baseline"
+# the throughput table: 16 patients over 1, 4 and all host threads sharing the GPU, as the
+# threads of a GPU worker under `atrx features --gpus` do
+threads="1 4"; cores=$(nproc); [ "$cores" -gt 4 ] && threads="$threads $cores"
 "$PY" benchmarks/radiomics/run.py --device cuda --no-write --sizes 5000 30000 100000 \
     --patient-sizes 30000 --repeats 3 --pyradiomics-repeats 1 --batch-patients 16 \
-    --baseline "$baseline"
+    --baseline "$baseline" --host-threads $threads --throughput-patients 16
 rc=$?; [ $status -eq 0 ] && status=$rc
 
 step "done, exit status $status"

@@ -4,6 +4,7 @@ pyradiomics 3.0.1, on the same ROIs, with all features of the parameter file inc
     .venv/bin/python benchmarks/radiomics/run.py [--sizes 5000 30000 100000] [--repeats 3]
         [--patient-sizes 30000] [--params features/params/radiomics.yaml] [--no-write]
         [--device cpu|cuda [--batch-patients 8] [--pyradiomics-repeats 1]] [--baseline numba]
+        [--host-threads 1 2 [--throughput-patients 8]]
 
 ROIs: irregular z-scored lesions of about the given voxel counts in a 1 mm volume with 20 mm of
 margin (as ingest writes them). One process, one thread for SimpleITK, BLAS and numba: "per core".
@@ -26,6 +27,14 @@ filtering). ``--pyradiomics-repeats`` (default ``--repeats``) shortens pyradiomi
 ``--baseline numba`` measures ours against the numba engine on one thread instead of
 pyradiomics, for a machine without pyradiomics (the lent GPU machine, benchmarks/gpu/check.sh);
 the CPU runs give the numba engine's own ratio to pyradiomics.
+
+``--host-threads 1 2 ...`` adds a throughput table: ``--throughput-patients`` patients (three ROIs
+each, of the first ``--patient-sizes``), one ``extract_rois`` call per patient, spread over that
+many threads of one process, as a GPU worker's threads share its device (or, without
+``--device``, as the numba path's kernels release the GIL). Its ratio is the machine's ROIs per
+second against one baseline core, whose per-patient time is the mean over the first
+``min(4, patients)`` patients, run once in the same run; the threads column says how many host
+cores that machine used.
 """
 
 from __future__ import annotations
@@ -207,6 +216,45 @@ def batched_rows(n_patients: int, size: int, repeats: int, params: dict, device:
             f"| {n_rois / numba_s:.2f} | {diff:.1e} |\n"]
 
 
+def throughput_rows(n_patients: int, size: int, threads: list[int], repeats: int, params: dict,
+                    device: str | None, baseline: str) -> list[str]:
+    """ROIs per second of ``n_patients`` patients through ``threads`` host threads, against one
+    baseline core (see the module docstring)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from features.engine.batch import extract_rois
+
+    reference, ref_name = baseline_extractor(baseline)
+    patients = [patient(size, seed=500 + p) for p in range(n_patients)]
+    n_ref = min(4, n_patients)
+    t = time.perf_counter()
+    for image, masks in patients[:n_ref]:
+        for mask in masks.values():
+            reference(image, mask, params)
+    ref_per_patient = (time.perf_counter() - t) / n_ref
+    n_rois = 3 * n_patients
+    rows = []
+    for n_threads in threads:
+        with ThreadPoolExecutor(n_threads) as pool:
+            def run_all(pool=pool) -> dict:
+                return dict(enumerate(pool.map(lambda p: extract_rois(*p, params, device),
+                                               patients)))
+
+            wall, _ = best_of(run_all, repeats)
+        ratio = ref_per_patient * n_patients / wall
+        print(f"throughput: {n_patients} patients on {n_threads} thread(s) ({device or 'numba'}): "
+              f"{wall:.3f} s = {n_rois / wall:.2f} ROIs/s -> {ratio:.1f}x one {ref_name} core "
+              f"({ref_per_patient:.3f} s per patient)", flush=True)
+        rows.append(f"| {n_threads} | {n_patients} | {n_rois} | {wall:.3f} | {n_rois / wall:.2f} "
+                    f"| {ref_per_patient:.3f} | {ratio:.1f} |\n")
+    return [f"\nThroughput ({device or 'numba'}): {n_patients} patients x 3 ROIs of a {size}-voxel "
+            "lesion, one `extract_rois` call per patient, spread over the host threads of one "
+            f"process (the machine has {os.cpu_count()} cores); ratio = ROIs/s against one "
+            f"{ref_name} core (its per-patient time: the mean of {n_ref} patients, same run).\n\n",
+            f"| host threads | patients | ROIs | ours wall s | ROIs/s | {ref_name} s per patient "
+            f"| ratio (machine / one {ref_name} core) |\n|---|---|---|---|---|---|---|\n", *rows]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="*", default=[5000, 30000, 100000])
@@ -223,6 +271,10 @@ def main() -> None:
                     help="repeats of the baseline's side (default: --repeats)")
     ap.add_argument("--baseline", choices=["pyradiomics", "numba"], default="pyradiomics",
                     help="what ours is measured against (numba: where pyradiomics is missing)")
+    ap.add_argument("--host-threads", type=int, nargs="*", default=[],
+                    help="thread counts of the throughput table (none: no table)")
+    ap.add_argument("--throughput-patients", type=int, default=8,
+                    help="patients in the throughput table")
     args = ap.parse_args()
     ref_repeats = args.repeats if args.pyradiomics_repeats is None else args.pyradiomics_repeats
     logging.getLogger("radiomics").setLevel(logging.ERROR)
@@ -248,6 +300,9 @@ def main() -> None:
                         f"--pyradiomics-repeats {ref_repeats}")
     if args.baseline != "pyradiomics":
         device_flags += f" --baseline {args.baseline}"
+    if args.host_threads:
+        device_flags += (f" --host-threads {' '.join(map(str, args.host_threads))} "
+                         f"--throughput-patients {args.throughput_patients}")
     rows = []
     for i, size in enumerate(args.sizes):
         image, mask = lesion(size, seed=i)
@@ -285,6 +340,10 @@ def main() -> None:
     if args.device and args.batch_patients:
         lines += batched_rows(args.batch_patients, (args.patient_sizes or [30000])[0],
                               args.repeats, params, args.device)
+    if args.host_threads:
+        lines += throughput_rows(args.throughput_patients, (args.patient_sizes or [30000])[0],
+                                 args.host_threads, args.repeats, params, args.device,
+                                 args.baseline)
     publish("".join(lines), write=not args.no_write)
 
 

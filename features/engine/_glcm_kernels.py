@@ -17,7 +17,7 @@ N_FEATURES = 23
 """Per-angle features computed here (all GLCM features but MCC, which needs eigenvalues)."""
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def compact_levels(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Grey levels present in ``v`` (ascending) and each voxel's index among them.
 
@@ -47,7 +47,7 @@ def compact_levels(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return levels, codes
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def padded_labels(flat: np.ndarray, shape: tuple[int, int, int],
                   codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Level indices on the box grown by one voxel each side (-1 outside the ROI), and the ROI's positions in it.
@@ -76,7 +76,7 @@ def padded_strides(shape: tuple[int, int, int], offsets: np.ndarray) -> np.ndarr
     return np.array([(int(dz) * ny + int(dy)) * nx + int(dx) for dz, dy, dx in offsets], dtype=np.int64)
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _angle_features(p: np.ndarray, g: np.ndarray, ng: int, out: np.ndarray) -> None:
     """The 23 non-MCC features of one normalised matrix ``p`` (levels ``g``), into ``out``."""
     n = g.size
@@ -167,7 +167,7 @@ def _angle_features(p: np.ndarray, g: np.ndarray, ng: int, out: np.ndarray) -> N
         out[k] = values[k]
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def glcm_angle_features(counts: np.ndarray, g: np.ndarray, ng: int) -> tuple[np.ndarray, np.ndarray]:
     """Per angle: the 23 features and the normalised symmetrical matrix p (for MCC), shapes (a, 23), (a, n, n).
 
@@ -191,7 +191,7 @@ def glcm_angle_features(counts: np.ndarray, g: np.ndarray, ng: int) -> tuple[np.
     return feats, pn
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def mcc_q_matrices(p: np.ndarray, px: np.ndarray, py: np.ndarray) -> np.ndarray:
     """pyradiomics' MCC matrices ``Q[a, i, j] = sum_k p[a, i, k] p[a, j, k] / (px[a, i] py[a, k] + eps)``.
 

@@ -14,7 +14,7 @@ from features.engine._glcm_kernels import EPS
 N_FEATURES = 16
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def glrlm_counts(lab: np.ndarray, pos: np.ndarray, n: int, steps: np.ndarray,
                  max_run: int) -> tuple[np.ndarray, np.ndarray]:
     """Run counts ``R[k, level, length - 1]`` per angle, and whether each angle has two adjacent ROI voxels.
@@ -54,7 +54,7 @@ def glrlm_counts(lab: np.ndarray, pos: np.ndarray, n: int, steps: np.ndarray,
     return out[:, :, 1:], adjacent
 
 
-@numba.njit(cache=True, error_model="numpy")
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def glrlm_angle_features(counts: np.ndarray, g: np.ndarray) -> np.ndarray:
     """The 16 GLRLM features of each angle's run counts ``counts[a]`` (levels ``g``), shape (angles, 16)."""
     na, n, nl = counts.shape

@@ -124,7 +124,7 @@ LEFT = _side_table(0)
 RIGHT = _side_table(1)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def march(mask: np.ndarray, spacing: np.ndarray, n_voxels: int, left: np.ndarray,
           right: np.ndarray, tri: np.ndarray, vert: np.ndarray, bits: np.ndarray,
           edges: np.ndarray) -> tuple[float, float, np.ndarray]:
@@ -184,7 +184,7 @@ def march(mask: np.ndarray, spacing: np.ndarray, n_voxels: int, left: np.ndarray
     return area, volume / 6.0, verts[:n].copy()
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _dist2(p: np.ndarray, i: int, j: int) -> float:
     """cshape.c's squared distance, summed in its order (z, y, x) so maxima match bit for bit."""
     d0 = p[i, 0] - p[j, 0]
@@ -193,13 +193,13 @@ def _dist2(p: np.ndarray, i: int, j: int) -> float:
     return d0 * d0 + d1 * d1 + d2 * d2
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _turn(w: np.ndarray, u: int, v: int, o: int, a: int, b: int) -> int:
     """Twice the signed area of triangle (o, a, b) in the (u, v) plane; exact on integers."""
     return (w[a, u] - w[o, u]) * (w[b, v] - w[o, v]) - (w[a, v] - w[o, v]) * (w[b, u] - w[o, u])
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _hull(pts: np.ndarray, m: int, w: np.ndarray, u: int, v: int, out: np.ndarray) -> int:
     """Strict convex-hull vertices of ``pts[:m]`` (sorted by u, then v), written to ``out``.
 
@@ -224,7 +224,7 @@ def _hull(pts: np.ndarray, m: int, w: np.ndarray, u: int, v: int, out: np.ndarra
     return k - 1
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def max_distance(idx: np.ndarray, phys: np.ndarray) -> float:
     """Largest squared distance over all pairs of the vertices ``idx``."""
     best = 0.0
@@ -236,7 +236,7 @@ def max_distance(idx: np.ndarray, phys: np.ndarray) -> float:
     return best
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def plane_diameter(verts: np.ndarray, phys: np.ndarray, p: int, u: int, v: int,
                    extreme: np.ndarray) -> float:
     """Largest squared distance between vertices with equal coordinate ``p`` (cshape.c's 2D test).

@@ -37,7 +37,7 @@ def bin_edges(values: np.ndarray, bin_width: float = 25, bin_count: int | None =
     return edges
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _digitize(values: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """``numpy.digitize`` for increasing edges: the number of edges <= each value.
 

@@ -21,7 +21,7 @@ _EPS = np.spacing(1)
 _QUANTILES = np.true_divide(np.array([10, 25, 75, 90]), 100)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _moments(x: np.ndarray, mean: float, shift: float) -> tuple[float, float, float, float, float]:
     """Energy (shifted), and the sums of |d|, d^2, d^3, d^4 of the deviations d = x - mean."""
     energy = s1 = s2 = s3 = s4 = 0.0
@@ -37,7 +37,7 @@ def _moments(x: np.ndarray, mean: float, shift: float) -> tuple[float, float, fl
     return energy, s1, s2, s3, s4
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _robust_mad(s: np.ndarray, p10: float, p90: float) -> float:
     """Mean absolute deviation of the sorted values within [p10, p90] from their own mean."""
     total = 0.0
