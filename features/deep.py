@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torchvision.models import ResNet34_Weights, resnet34
 
 from atrx.names import deep_feature_name, view_name
+from features.devices import own_stream
 from features.errors import FeatureError, WeightsError, WeightsNotFoundError
 
 N_DEEP_FEATURES = 1000
@@ -164,7 +165,7 @@ def deep_features(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out = np.empty((len(crops), N_DEEP_FEATURES), dtype=np.float32)
-    with torch.inference_mode():
+    with torch.inference_mode(), own_stream(device):
         for start in range(0, len(crops), batch_size):
             x = prepare_batch(crops[start : start + batch_size]).to(device)
             y = model(x)

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from features.devices import own_stream
 from features.engine.firstorder import firstorder_features
 from features.engine.tensor.firstorder import firstorder_batch, flat_jobs
 from features.engine.tensor.glcm import glcm_batch
@@ -100,7 +101,7 @@ def texture_batch(jobs: Sequence[Job], classes: Sequence[tuple[str, Sequence[str
             valid.append(i)
         except FeatureError as e:
             results[i] = e
-    with torch.no_grad():
+    with torch.no_grad(), own_stream(dev):
         for chunk in _chunks(jobs, valid, max_cells, max_voxels):
             for i, values in zip(chunk, _run_chunk([jobs[i] for i in chunk], classes, dev),
                                  strict=True):
