@@ -113,15 +113,29 @@ class ServerProcess:
         wait_ready(self.url, timeout, server=self)
 
     def wait(self) -> int:
-        """Block until the server exits (Ctrl-C stops it); returns its exit code."""
+        """Block until the server exits (Ctrl-C stops it); returns its exit code.
+
+        Polls rather than parking in one ``waitpid``: a signal the kernel hands to another thread
+        of this process (DuckDB, Feast and BentoML start some) runs its Python handler only when
+        the main thread next executes bytecode, which a thread blocked in ``waitpid`` never does.
+        """
         try:
-            return self.process.wait()
+            while True:
+                try:
+                    return self.process.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    continue
         except KeyboardInterrupt:
             self.stop()
             return 130
 
     def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM the server's process group, SIGKILL what is left after ``timeout`` seconds."""
+        """SIGTERM the server's process group, SIGKILL what is left after ``timeout`` seconds.
+
+        BentoML's workers run in process groups of their own, so they are found as the arbiter's
+        descendants first: a killed arbiter must not leave one holding memory or the port.
+        """
+        descendants = _descendants(self.process.pid)
         if self.process.poll() is None:
             _signal_group(self.process.pid, signal.SIGTERM)
             try:
@@ -129,12 +143,36 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 _signal_group(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=timeout)
-        # workers left behind by a killed arbiter share its process group
         _signal_group(self.process.pid, signal.SIGKILL)
+        _kill_left(descendants, timeout)
         if self._log is not None:
             self._log.close()
             self._log = None
         return self.process.returncode
+
+
+def _descendants(pid: int) -> list[Any]:
+    """The live descendants of ``pid`` (psutil handles, which know each process's start time,
+    so a recycled pid is never signalled)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _kill_left(processes: list[Any], timeout: float) -> None:
+    """SIGKILL whichever of ``processes`` is still running, and reap-wait for them."""
+    import psutil
+
+    alive = [p for p in processes if p.is_running()]
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(alive, timeout=timeout)
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:

@@ -473,6 +473,8 @@ def test_sigterm_to_atrx_serve_stops_the_server_and_frees_the_port(ws: Workspace
     import subprocess
     import sys
 
+    import psutil
+
     from serving.server import free_port, wait_ready
 
     port = free_port()
@@ -480,13 +482,20 @@ def test_sigterm_to_atrx_serve_stops_the_server_and_frees_the_port(ws: Workspace
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen([sys.executable, "-m", "atrx.cli", "serve", "--home", ws.home,
                              "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    tree: list[psutil.Process] = []
     try:
         wait_ready(f"http://127.0.0.1:{port}", START_TIMEOUT)
+        tree = psutil.Process(proc.pid).children(recursive=True)  # bentoml's arbiter and workers
+        assert tree
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
+        assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     finally:
         if proc.poll() is None:
             proc.kill()
+        for p in tree:  # a failure must not leave a server behind for the tests after this one
+            if p.is_running():
+                p.kill()
         log.close()
     with socket.socket() as sock:  # the port is free again: nothing was left behind
         sock.bind(("127.0.0.1", port))
