@@ -39,7 +39,8 @@ def gpu_worker_threads(cpus: int, n_gpus: int, requested: int | None = None) -> 
     if requested is not None:
         if requested < 1:
             raise InputError(f"--threads-per-gpu must be >= 1, got {requested}",
-                             fix="leave it out (the host's cores are shared among the GPUs) or give 1 or more")
+                             fix="leave it out (the host's cores are shared among the GPUs) "
+                                 "or give 1 or more")
         return requested
     return max(1, cpus // max(1, n_gpus))
 

@@ -184,7 +184,8 @@ def run_features(
         targets = pending_targets(studies, cat.settled_lineage(), recipe.view_versions)
         run_id = cat.start_run("features", None, None, recipe.run_params_hash, recipe.run_versions)
         run = FeaturesRun(ws, run_id, recipe, scheduler=scheduler, workers=workers, gpus=gpus,
-                          threads_per_gpu=threads_per_gpu, batch_size=batch_size, checkpoint_seconds=checkpoint_seconds,
+                          threads_per_gpu=threads_per_gpu, batch_size=batch_size,
+                          checkpoint_seconds=checkpoint_seconds,
                           progress=progress)
         summary = FeaturesSummary(run_id, recipe.weights, recipe.weights_id, recipe.versions,
                                   scans=len(studies))

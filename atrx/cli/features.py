@@ -33,7 +33,8 @@ def features(
     from atrx.workspace import Workspace
 
     run_features_cli(console(), Workspace.at(home), scheduler=scheduler, workers=workers, gpus=gpus,
-                     threads_per_gpu=threads_per_gpu, weights=weights, batch_size=batch_size, checkpoint_seconds=checkpoint_seconds)
+                     threads_per_gpu=threads_per_gpu, weights=weights, batch_size=batch_size,
+                     checkpoint_seconds=checkpoint_seconds)
 
 
 def run_features_cli(con: Any, ws: Any, *, scheduler: str | None = None, workers: int | None = None,
@@ -48,7 +49,8 @@ def run_features_cli(con: Any, ws: Any, *, scheduler: str | None = None, workers
                   "tests and demos only. The choice is recorded in the feature version and lineage.[/]")
     with progress_bar(con, "computing features", 1) as update:
         summary = run_features(ws, scheduler=scheduler, workers=workers, gpus=gpus,
-                               threads_per_gpu=threads_per_gpu, weights=weights, batch_size=batch_size, progress=update,
+                               threads_per_gpu=threads_per_gpu, weights=weights,
+                               batch_size=batch_size, progress=update,
                                checkpoint_seconds=checkpoint_seconds)
     con.print(rows_table("rows per feature view", ["view", "written this run", "rows in current version"],
                          summary.view_rows()))
