@@ -161,6 +161,11 @@ def run_features(
     kinds = tuple(kinds)
     if not kinds or any(k not in KINDS for k in kinds):
         raise InputError(f"kinds must be a non-empty subset of {KINDS}, got {kinds}")
+    if gpus and workers is not None and not scheduler:
+        raise InputError("--workers does not apply with --gpus: the GPU cluster starts one worker "
+                         "per visible GPU",
+                         fix="leave --workers out; choose the GPUs with CUDA_VISIBLE_DEVICES and "
+                             "the tasks each GPU runs at once with --threads-per-gpu")
     if threads_per_gpu is not None:
         if threads_per_gpu < 1:
             raise InputError(f"threads_per_gpu must be >= 1, got {threads_per_gpu}")

@@ -417,6 +417,15 @@ def test_threads_per_gpu_outside_the_gpu_cluster_it_starts_fails_before_any_work
     assert not Path(ws.catalog).exists()
 
 
+def test_workers_with_the_gpu_cluster_fails_before_any_work(tmp_path) -> None:
+    """The GPU cluster has one worker per GPU: a ``--workers`` count would be silently ignored."""
+    ws = Workspace.at(tmp_path / "home")
+    with pytest.raises(InputError, match="--workers does not apply with --gpus") as info:
+        run_features(ws, gpus=True, workers=4, weights=RANDOM)
+    assert "CUDA_VISIBLE_DEVICES" in info.value.fix and "--threads-per-gpu" in info.value.fix
+    assert not Path(ws.catalog).exists()
+
+
 def test_the_real_parameters_on_one_study(tmp_path, cluster) -> None:
     ws = build_workspace(tmp_path / "home", STUDIES[:1])
     summary = run_features(ws, scheduler=cluster.scheduler.address, weights=RANDOM)

@@ -13,7 +13,8 @@ def features(
     home: HomeOpt = None,
     scheduler: SchedulerOpt = None,
     workers: WorkersOpt = None,
-    gpus: Annotated[bool, typer.Option("--gpus", help="dask_cuda.LocalCUDACluster; the CNN runs on CUDA")] = False,
+    gpus: Annotated[bool, typer.Option(
+        "--gpus", help="dask_cuda.LocalCUDACluster: the CNN and the atrx engine's radiomics on CUDA")] = False,
     threads_per_gpu: Annotated[int | None, typer.Option(
         "--threads-per-gpu", min=1,
         help="with --gpus: tasks sharing each GPU at once (default: the host's cores / the GPUs)")] = None,
