@@ -168,7 +168,9 @@ def run_features(
                              "the tasks each GPU runs at once with --threads-per-gpu")
     if threads_per_gpu is not None:
         if threads_per_gpu < 1:
-            raise InputError(f"threads_per_gpu must be >= 1, got {threads_per_gpu}")
+            raise InputError(f"--threads-per-gpu must be >= 1, got {threads_per_gpu}",
+                             fix="leave it out (the host's cores are shared among the GPUs) "
+                                 "or give 1 or more")
         if not gpus or scheduler:
             raise InputError(
                 "--threads-per-gpu applies only to the GPU cluster `atrx features --gpus` starts",

@@ -29,8 +29,8 @@ STUBBORN = textwrap.dedent("""
 
 def _start(code: str, tmp_path: Path) -> ServerProcess:
     out = tmp_path / "out.txt"
-    process = subprocess.Popen([sys.executable, "-c", code], stdout=out.open("wb"),
-                               start_new_session=True)
+    with out.open("wb") as sink:
+        process = subprocess.Popen([sys.executable, "-c", code], stdout=sink, start_new_session=True)
     deadline = time.monotonic() + 30
     while "started" not in out.read_text() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -39,11 +39,19 @@ def _start(code: str, tmp_path: Path) -> ServerProcess:
 
 def test_stop_kills_a_worker_in_its_own_group_under_a_stubborn_arbiter(tmp_path: Path) -> None:
     server = _start(STUBBORN, tmp_path)
-    (worker,) = psutil.Process(server.process.pid).children(recursive=True)
-    assert os.getpgid(worker.pid) != server.process.pid  # the arbiter's group SIGKILL misses it
-    server.stop(timeout=1.0)
-    assert server.process.poll() is not None
-    assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
+    tree = psutil.Process(server.process.pid).children(recursive=True)
+    try:
+        (worker,) = tree
+        assert os.getpgid(worker.pid) != server.process.pid  # the arbiter's group SIGKILL misses it
+        server.stop(timeout=1.0)
+        assert server.process.poll() is not None
+        assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
+    finally:  # a failure must not leave sleepers behind for the rest of the suite
+        for p in tree:
+            if p.is_running():
+                p.kill()
+        if server.process.poll() is None:
+            server.process.kill()
 
 
 def test_sigterm_to_another_thread_still_stops_the_wait(tmp_path: Path) -> None:
