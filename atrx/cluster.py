@@ -30,6 +30,15 @@ def _visible_gpus() -> int:
     return int(get_n_gpus())
 
 
+_GPU_THREADS_DEFAULT = "the host's cores are shared among the GPUs"
+
+
+def _at_least_one(flag: str, value: int | None, default: str) -> None:
+    if value is not None and value < 1:
+        raise InputError(f"{flag} must be >= 1, got {value}",
+                         fix=f"leave it out ({default}) or give 1 or more")
+
+
 def gpu_worker_threads(cpus: int, n_gpus: int, requested: int | None = None) -> int:
     """Task threads per GPU worker: by default the GPU's share of the host's cores.
 
@@ -37,12 +46,32 @@ def gpu_worker_threads(cpus: int, n_gpus: int, requested: int | None = None) -> 
     GPU those run serially between the kernels, so the GPU idles about a third of the time.
     """
     if requested is not None:
-        if requested < 1:
-            raise InputError(f"--threads-per-gpu must be >= 1, got {requested}",
-                             fix="leave it out (the host's cores are shared among the GPUs) "
-                                 "or give 1 or more")
+        _at_least_one("--threads-per-gpu", requested, _GPU_THREADS_DEFAULT)
         return requested
     return max(1, cpus // max(1, n_gpus))
+
+
+def check_cluster_options(scheduler: str | None = None, workers: int | None = None,
+                          gpus: bool = False, threads_per_gpu: int | None = None) -> None:
+    """Refuse, before any work, a cluster option that the chosen cluster would silently ignore."""
+    _at_least_one("--workers", workers, "one worker per core, at most 8")
+    if scheduler and workers is not None:
+        raise InputError(f"--workers does not apply with --scheduler: the cluster at {scheduler} "
+                         "runs the workers it was started with",
+                         fix=f"leave --workers out; to add workers, start them against that "
+                             f"scheduler (`dask worker {scheduler}`)")
+    if gpus and workers is not None:
+        raise InputError("--workers does not apply with --gpus: the GPU cluster starts one worker "
+                         "per visible GPU",
+                         fix="leave --workers out; choose the GPUs with CUDA_VISIBLE_DEVICES and "
+                             "the tasks each GPU runs at once with --threads-per-gpu")
+    if threads_per_gpu is not None:
+        _at_least_one("--threads-per-gpu", threads_per_gpu, _GPU_THREADS_DEFAULT)
+        if not gpus or scheduler:
+            raise InputError(
+                "--threads-per-gpu applies only to the GPU cluster `atrx features --gpus` starts",
+                fix=("start the scheduler's GPU workers with --nthreads N --resources GPU=N instead"
+                     if scheduler else "add --gpus, or leave --threads-per-gpu out"))
 
 
 def _limit_threads(n: int) -> None:
@@ -71,6 +100,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, gpus: 
         # distributed installs its own INFO handlers on import; keep the terminal for our summary
         for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.core"):
             logging.getLogger(name).setLevel(logging.ERROR)
+    check_cluster_options(scheduler, workers, gpus, threads_per_gpu)
     if scheduler:
         client = Client(scheduler, timeout="30s")
         try:

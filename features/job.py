@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from atrx.catalog import Catalog
+from atrx.cluster import check_cluster_options
 from atrx.errors import InputError
 from atrx.locks import exclusive
 from atrx.names import KINDS, all_views, view_name
@@ -161,21 +162,7 @@ def run_features(
     kinds = tuple(kinds)
     if not kinds or any(k not in KINDS for k in kinds):
         raise InputError(f"kinds must be a non-empty subset of {KINDS}, got {kinds}")
-    if gpus and workers is not None and not scheduler:
-        raise InputError("--workers does not apply with --gpus: the GPU cluster starts one worker "
-                         "per visible GPU",
-                         fix="leave --workers out; choose the GPUs with CUDA_VISIBLE_DEVICES and "
-                             "the tasks each GPU runs at once with --threads-per-gpu")
-    if threads_per_gpu is not None:
-        if threads_per_gpu < 1:
-            raise InputError(f"--threads-per-gpu must be >= 1, got {threads_per_gpu}",
-                             fix="leave it out (the host's cores are shared among the GPUs) "
-                                 "or give 1 or more")
-        if not gpus or scheduler:
-            raise InputError(
-                "--threads-per-gpu applies only to the GPU cluster `atrx features --gpus` starts",
-                fix=("start the scheduler's GPU workers with --nthreads N --resources GPU=N instead"
-                     if scheduler else "add --gpus, or leave --threads-per-gpu out"))
+    check_cluster_options(scheduler, workers, gpus, threads_per_gpu)
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     if not checkpoint_seconds >= 0:

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from atrx.catalog import Catalog, StudyVersion
-from atrx.cluster import dask_client
+from atrx.cluster import check_cluster_options, dask_client
 from atrx.errors import DataError, InputError, debug_enabled
 from atrx.names import ROIS, SEQUENCES, view_name
 from atrx.stability import write_stability
@@ -163,6 +163,7 @@ def run_stability(ws: Workspace, patients: int = 30, seed: int = 0, workers: int
     parameter file (tests; its table gets its own version).
     """
     t0 = time.perf_counter()
+    check_cluster_options(scheduler, workers)
     if patients < 2:
         raise InputError(f"--patients must be at least 2 (an ICC needs two patients), got {patients}")
     params = load_params() if params is None else params

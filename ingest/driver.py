@@ -16,7 +16,7 @@ from typing import Any
 from distributed import as_completed
 
 from atrx.catalog import Catalog, RunStatus
-from atrx.cluster import dask_client
+from atrx.cluster import check_cluster_options, dask_client
 from atrx.config.center import CenterConfig
 from atrx.errors import InputError, debug_enabled
 from atrx.locks import exclusive
@@ -116,6 +116,7 @@ def run_ingest(cfg: CenterConfig, ws: Workspace, scheduler: str | None = None, w
     Holds the lock ``ingest-<center>`` for the run (a second ingest of the same center exits 2
     naming this one); ingests of other centers and every reader of the catalog run alongside.
     """
+    check_cluster_options(scheduler, workers)
     params = params or PreprocessParams()
     key = cfg.deid.resolve_key()
     ws.ensure()

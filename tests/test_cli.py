@@ -41,17 +41,22 @@ def test_unknown_model_exits_2_naming_the_tag(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
-def test_missing_deid_key_is_bad_input_with_the_variable_named(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    source = tmp_path / "export"
-    source.mkdir()
+def center_file(tmp_path: Path, key_env: str) -> Path:
+    """A valid center file D.yaml over an empty export, its key in the variable ``key_env``."""
+    (tmp_path / "export").mkdir()
     cfg = tmp_path / "D.yaml"
     cfg.write_text(
         "center: D\nsource: export\nformat: nifti\npreset: brats2023\n"
         "clinical:\n  path: clinical.csv\n"
         "  columns: {patient_id: id, age: age, sex: sex, who_grade: who, vasari_score: vasari,\n"
         "            atrx_status: atrx, pathology_date: date}\n"
-        "deid: {key_env: ATRX_TEST_KEY_THAT_IS_UNSET}\n")
+        f"deid: {{key_env: {key_env}}}\n")
+    return cfg
+
+
+def test_missing_deid_key_is_bad_input_with_the_variable_named(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = center_file(tmp_path, "ATRX_TEST_KEY_THAT_IS_UNSET")
     monkeypatch.delenv("ATRX_TEST_KEY_THAT_IS_UNSET", raising=False)
     result = runner.invoke(app, ["ingest", str(cfg), "--home", str(tmp_path / "home")])
     assert result.exit_code == ExitCode.BAD_INPUT, result.stderr
@@ -111,3 +116,19 @@ def test_ingest_preprocess_file_is_validated_naming_file_and_key(tmp_path: Path)
     assert (params.reg_fixed_mask, params.reg_max_samples, params.n4_field_interpolation) == (
         "none", 100_000, "itk")
     assert params.digest() != PreprocessParams().digest()
+
+
+@pytest.mark.parametrize("command", ["ingest", "features", "stability"])
+def test_workers_with_a_scheduler_is_refused_before_any_work(tmp_path: Path, command: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A running cluster keeps the workers it was started with: ``--workers`` would be ignored."""
+    monkeypatch.setenv("ATRX_TEST_CLI_KEY", "a-test-key-of-enough-length-0123456789")
+    cfg = center_file(tmp_path, "ATRX_TEST_CLI_KEY")
+    home = tmp_path / "home"
+    args = [command, *([str(cfg)] if command == "ingest" else []), "--home", str(home),
+            "--scheduler", "tcp://127.0.0.1:9", "--workers", "2"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == ExitCode.BAD_INPUT, result.stderr
+    assert "--workers does not apply with --scheduler" in result.stderr
+    assert "dask worker tcp://127.0.0.1:9" in result.stderr
+    assert not (home / "catalog.duckdb").exists()
