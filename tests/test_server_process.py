@@ -6,6 +6,7 @@ to another thread of the waiting process still stops the server at once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -69,6 +70,7 @@ def test_sigterm_to_another_thread_still_stops_the_wait(tmp_path: Path) -> None:
         signal.signal(signal.SIGTERM, terminate)
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
                                  start_new_session=True)
+        open({str(tmp_path / "child.pid")!r}, "w").write(str(child.pid))
         server = ServerProcess(child, "http://127.0.0.1:1")
 
         def poke():
@@ -81,9 +83,15 @@ def test_sigterm_to_another_thread_still_stops_the_wait(tmp_path: Path) -> None:
         code = server.wait()
         print(code, round(time.monotonic() - t0, 1), child.poll() is not None, flush=True)
     """))
-    done = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True,
-                          timeout=50)
-    assert done.returncode == 0, done.stderr
-    code, seconds, child_gone = done.stdout.split()
-    assert code == "130" and child_gone == "True"
-    assert float(seconds) < 15, f"the wait went on {seconds} s after the SIGTERM"
+    try:
+        done = subprocess.run([sys.executable, str(script)], check=False, capture_output=True,
+                              text=True, timeout=50)
+        assert done.returncode == 0, done.stderr
+        code, seconds, child_gone = done.stdout.split()
+        assert code == "130" and child_gone == "True"
+        assert float(seconds) < 15, f"the wait went on {seconds} s after the SIGTERM"
+    finally:  # the child sleeps in a session of its own: a failure must not leave it behind
+        pid_file = tmp_path / "child.pid"
+        if pid_file.exists():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(int(pid_file.read_text())).kill()
