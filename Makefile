@@ -24,8 +24,8 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/atrx demo $(DEMO_ARGS)
 
-# `make test` skips the tests marked slow (the 100k-voxel and two int16 engine agreement
-# cases, the faults suite's server, the synthetic-cohort PHI ingest) to stay within about 15 minutes on 2 cores;
+# `make test` skips the tests marked slow (the 100k-voxel engine agreement cases, the faults
+# suite's server, the synthetic-cohort PHI ingest) to stay within about 15 minutes on 2 cores;
 # `make test-all` runs every test.
 PYTEST_ARGS ?= -m "not slow"
 

@@ -2,8 +2,8 @@
 
 Rows: brain1 with our parameter file and with pyradiomics' own exampleSettings/Params.yaml, and
 every generated case of tests/engine_cases.py with our parameter file (the ~100k-voxel lesions
-and two of the four int16 cases are marked slow). Each row runs on every backend in
-``BACKENDS``: all of pyradiomics' keys (diagnostics dropped), in its order, each within relative 1e-4 (absolute 1e-9 where the
+are marked slow). Each row runs on every backend in ``BACKENDS``: all of pyradiomics' keys
+(diagnostics dropped), in its order, each within relative 1e-4 (absolute 1e-9 where the
 reference is near 0), NaN exactly where pyradiomics gives NaN; a ROI pyradiomics refuses must be
 refused with a FeatureError.
 
@@ -129,9 +129,6 @@ def same_outcome(image: sitk.Image, mask: sitk.Image, params: Mapping[str, Any],
 #: ("torch-cpu", always) and on CUDA ("cuda", where torch sees a GPU: benchmarks/gpu/check.sh).
 BACKENDS = ["cpu", "torch-cpu", *(["cuda"] if torch.cuda.is_available() else [])]
 PARAMS = {"ours": OURS, "pyradiomics": PYRADIOMICS_PARAMS}
-#: Rows left to ``make test-all``: pyradiomics takes about 25 s on each, and int16_0 and int16_1
-#: already run integer-valued images with many grey levels in ``make test``.
-SLOW_ROWS = ("int16_2", "int16_3")
 
 
 def engine(backend: str) -> Callable[[sitk.Image, sitk.Image, Mapping[str, Any]], dict[str, float]]:
@@ -147,7 +144,7 @@ def _rows() -> list[Any]:
     rows = [pytest.param("brain1", "ours", id="brain1-ours"),
             pytest.param("brain1", "pyradiomics", id="brain1-pyradiomics_params")]
     for c in table():
-        marks = [pytest.mark.slow] if c.name.startswith("large") or c.name in SLOW_ROWS else []
+        marks = [pytest.mark.slow] if c.name.startswith("large") else []
         rows.append(pytest.param(c.name, "ours", marks=marks, id=c.name))
     return rows
 
