@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import psutil
+from process_tree import gone, kill_all
 
 from serving.server import ServerProcess
 
@@ -46,11 +47,9 @@ def test_stop_kills_a_worker_in_its_own_group_under_a_stubborn_arbiter(tmp_path:
         assert os.getpgid(worker.pid) != server.process.pid  # the arbiter's group SIGKILL misses it
         server.stop(timeout=1.0)
         assert server.process.poll() is not None
-        assert not worker.is_running() or worker.status() == psutil.STATUS_ZOMBIE
+        assert gone(worker)
     finally:  # a failure must not leave sleepers behind for the rest of the suite
-        for p in tree:
-            if p.is_running():
-                p.kill()
+        kill_all(tree)
         if server.process.poll() is None:
             server.process.kill()
 
@@ -94,4 +93,4 @@ def test_sigterm_to_another_thread_still_stops_the_wait(tmp_path: Path) -> None:
         pid_file = tmp_path / "child.pid"
         if pid_file.exists():
             with contextlib.suppress(psutil.NoSuchProcess):
-                psutil.Process(int(pid_file.read_text())).kill()
+                kill_all([psutil.Process(int(pid_file.read_text()))])

@@ -474,6 +474,7 @@ def test_sigterm_to_atrx_serve_stops_the_server_and_frees_the_port(ws: Workspace
     import sys
 
     import psutil
+    from process_tree import gone, kill_all
 
     from serving.server import free_port, wait_ready
 
@@ -489,13 +490,11 @@ def test_sigterm_to_atrx_serve_stops_the_server_and_frees_the_port(ws: Workspace
         assert tree
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-        assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert all(gone(p) for p in tree)
     finally:
         if proc.poll() is None:
             proc.kill()
-        for p in tree:  # a failure must not leave a server behind for the tests after this one
-            if p.is_running():
-                p.kill()
+        kill_all(tree)  # a failure must not leave a server behind for the tests after this one
         log.close()
     with socket.socket() as sock:  # the port is free again: nothing was left behind
         sock.bind(("127.0.0.1", port))
