@@ -46,20 +46,21 @@ def _sorted(lay: Layout) -> torch.Tensor:
 
 
 def _percentiles(s: torch.Tensor, start: torch.Tensor, n: torch.Tensor) -> list[torch.Tensor]:
-    """numpy's 'linear' percentiles (:func:`features.engine.firstorder._percentiles`), per job."""
-    last = s[start + n - 1]
-    out = []
-    for q in _QUANTILES:
-        virtual = (n - 1).to(torch.float64) * q
-        previous = torch.floor(virtual)
-        i = previous.to(torch.int64).clamp(max=n - 1)
-        a = s[start + i]
-        b = s[start + torch.minimum(i + 1, n - 1)]
-        gamma = virtual - previous
-        diff = b - a
-        value = torch.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
-        out.append(torch.where(virtual >= (n - 1).to(torch.float64), last, value))
-    return out
+    """numpy's 'linear' percentiles (:func:`features.engine.firstorder._percentiles`), per job;
+    the quantiles side by side as rows of one (Q, B) tensor."""
+    top = (n - 1)[None, :]
+    start = start[None, :]
+    virtual = top.to(torch.float64) * torch.tensor(_QUANTILES, dtype=torch.float64,
+                                                   device=s.device)[:, None]
+    previous = torch.floor(virtual)
+    i = torch.minimum(previous.to(torch.int64), top)
+    a = s[start + i]
+    b = s[start + torch.minimum(i + 1, top)]
+    gamma = virtual - previous
+    diff = b - a
+    value = torch.where(gamma >= 0.5, b - diff * (1 - gamma), a + diff * gamma)
+    out = torch.where(virtual >= top.to(torch.float64), s[start + top], value)
+    return list(out.unbind(0))
 
 
 def firstorder_batch(lay: Layout, shifts: torch.Tensor, volumes: torch.Tensor

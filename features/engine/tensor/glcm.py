@@ -18,12 +18,13 @@ over k in pyradiomics' order (bit for bit its Q, but for numpy's pairwise px of 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 
 import torch
 
 from features.engine.tensor.layout import N_ANGLES, Layout
 
-__all__ = ["GLCM_FEATURES", "glcm_batch", "nanmean_angles"]
+__all__ = ["GLCM_FEATURES", "glcm_batch", "nanmean_all", "nanmean_angles"]
 
 EPS = 2.220446049250313e-16  # numpy.spacing(1)
 
@@ -36,11 +37,21 @@ GLCM_FEATURES: tuple[str, ...] = (
 
 
 def nanmean_angles(values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """pyradiomics' ``nanmean`` over the kept angles (axis 1 of (B, A)); NaN where none is left."""
+    """pyradiomics' ``nanmean`` over the kept angles (last axis of (..., B, A)); NaN where none
+    is left."""
     ok = keep & ~torch.isnan(values)
-    total = torch.where(ok, values, 0.0).sum(dim=1)
-    count = ok.sum(dim=1)
+    total = torch.where(ok, values, 0.0).sum(dim=-1)
+    count = ok.sum(dim=-1)
     return torch.where(count > 0, total / count.clamp(min=1), math.nan)
+
+
+def nanmean_all(values: Mapping[str, torch.Tensor], keep: torch.Tensor,
+                names: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """:func:`nanmean_angles` of each of ``names`` (default: all) in ``values`` (each (B, A)) in
+    one pass: stacked first, a class costs a dozen kernel launches instead of a dozen each."""
+    names = list(values if names is None else names)
+    means = nanmean_angles(torch.stack([values[n] for n in names]), keep)
+    return dict(zip(names, means.unbind(0), strict=True))
 
 
 def glcm_counts(lay: Layout) -> torch.Tensor:
@@ -187,7 +198,7 @@ def glcm_batch(lay: Layout) -> dict[str, torch.Tensor]:
     keep = total > 0
     p = sym / torch.where(keep, total, 1.0)[..., None, None]
     feats = _angle_features(p, lay.grey, lay.top, lay.max_top)
-    out = {name: nanmean_angles(v, keep) for name, v in feats.items()}
+    out = nanmean_all(feats, keep)
     n_keep = keep.sum(dim=1)
     out["JointAverage"] = torch.where(keep, feats["JointAverage"], 0.0).sum(dim=1) / n_keep
     one = lay.n_levels < 2

@@ -14,6 +14,7 @@ largest level count ``L`` (``present`` marks the real entries, padded grey value
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -133,6 +134,17 @@ class Layout:
         index = self.job if index is None else index
         out = torch.zeros(self.n_jobs, dtype=x.dtype, device=self.device)
         return out.index_add_(0, index, x)
+
+    def per_job_cols(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """:meth:`per_job` of each column of ``x`` (N, K) in one call, shape (B, K)."""
+        index = self.job if index is None else index
+        out = torch.zeros((self.n_jobs, x.shape[1]), dtype=x.dtype, device=self.device)
+        return out.index_add_(0, index, x)
+
+    def per_job_of(self, columns: Sequence[torch.Tensor], index: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, ...]:
+        """:meth:`per_job` of each of ``columns`` (each (N,)), in one call: one kernel, not K."""
+        return self.per_job_cols(torch.stack(list(columns), dim=1), index).unbind(1)
 
     @cached_property
     def level_counts(self) -> torch.Tensor:

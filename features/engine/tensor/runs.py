@@ -17,7 +17,7 @@ import math
 import torch
 
 from features.engine.glrlm import GLRLM_FEATURES
-from features.engine.tensor.glcm import EPS, nanmean_angles
+from features.engine.tensor.glcm import EPS, nanmean_all
 from features.engine.tensor.layout import N_ANGLES, Layout
 
 __all__ = ["GLRLM_FEATURES", "glrlm_batch", "run_counts"]
@@ -64,8 +64,7 @@ def run_counts(lay: Layout) -> tuple[torch.Tensor, torch.Tensor]:
     key = ((lay.job[None, :] * N_ANGLES + angle) * n_lv + lay.codes[None, :]) * width + length - 1
     flat = torch.bincount(key[starts], minlength=b * N_ANGLES * n_lv * width)
     counts = flat.view(b, N_ANGLES, n_lv, width).to(torch.float64)
-    adjacent = torch.stack([lay.per_job((lay.forward[k] >= 0).to(torch.int64)) > 0
-                            for k in range(N_ANGLES)], dim=1)
+    adjacent = lay.per_job_cols((lay.forward >= 0).T.to(torch.int64)) > 0  # (B, 13)
     keep = adjacent.clone()
     for k in torch.nonzero(~adjacent.all(dim=0)).flatten().tolist():
         keep[:, k] |= _lines_hold_two(lay, k)
@@ -106,4 +105,4 @@ def glrlm_batch(lay: Layout) -> dict[str, torch.Tensor]:
         "LongRunLowGrayLevelEmphasis": (counts * jl2m / g2m).sum(dim=(-2, -1)) / nr,
         "LongRunHighGrayLevelEmphasis": (counts * (jl2m * g2m)).sum(dim=(-2, -1)) / nr,
     }
-    return {name: nanmean_angles(values[name], keep) for name in GLRLM_FEATURES}
+    return nanmean_all(values, keep, GLRLM_FEATURES)

@@ -82,25 +82,31 @@ def item_features(lay: Layout, job: torch.Tensor, code: torch.Tensor, size: torc
     grey, pg_n = lay.grey, pg / nz[:, None]
     u_i = (pg_n * grey).sum(dim=1)
     ps_n = ps / nz[s_job]
-    u_j = lay.per_job(ps_n * s_val, s_job)
+    s2 = s_val ** 2
+    # the sums over sizes, and over (level, size) cells, each class in one call
+    small, large, sn, u_j = lay.per_job_of([ps / s2, ps * s2, ps ** 2, ps_n * s_val], s_job)
     p = pc / nz[c_job]
     i2, j2 = c_g * c_g, c_s * c_s
+    xlogx, ssl, ssh, lsl, lsh = lay.per_job_of(
+        [p * torch.log2(p + EPS), pc / (i2 * j2), pc * i2 / j2, pc * j2 / i2, pc * (i2 * j2)],
+        c_job)
+    gln = (pg ** 2).sum(dim=1)
     return {
-        "SmallS": lay.per_job(ps / (s_val ** 2), s_job) / nz,
-        "LargeS": lay.per_job(ps * (s_val ** 2), s_job) / nz,
-        "GLN": (pg ** 2).sum(dim=1) / nz,
-        "GLNN": (pg ** 2).sum(dim=1) / nz ** 2,
-        "SN": lay.per_job(ps ** 2, s_job) / nz,
-        "SNN": lay.per_job(ps ** 2, s_job) / nz ** 2,
+        "SmallS": small / nz,
+        "LargeS": large / nz,
+        "GLN": gln / nz,
+        "GLNN": gln / nz ** 2,
+        "SN": sn / nz,
+        "SNN": sn / nz ** 2,
         "GLV": (pg_n * (grey - u_i[:, None]) ** 2).sum(dim=1),
         "SV": lay.per_job(ps_n * (s_val - u_j[s_job]) ** 2, s_job),
-        "Entropy": -lay.per_job(p * torch.log2(p + EPS), c_job),
+        "Entropy": -xlogx,
         "LowGL": (pg / (grey ** 2)).sum(dim=1) / nz,
         "HighGL": (pg * (grey ** 2)).sum(dim=1) / nz,
-        "SmallSLowGL": lay.per_job(pc / (i2 * j2), c_job) / nz,
-        "SmallSHighGL": lay.per_job(pc * i2 / j2, c_job) / nz,
-        "LargeSLowGL": lay.per_job(pc * j2 / i2, c_job) / nz,
-        "LargeSHighGL": lay.per_job(pc * (i2 * j2), c_job) / nz,
+        "SmallSLowGL": ssl / nz,
+        "SmallSHighGL": ssh / nz,
+        "LargeSLowGL": lsl / nz,
+        "LargeSHighGL": lsh / nz,
         "Nz": nz,
     }
 
