@@ -143,7 +143,7 @@ class Layout:
 
     def per_job_of(self, columns: Sequence[torch.Tensor], index: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, ...]:
-        """:meth:`per_job` of each of ``columns`` (each (N,)), in one call: one kernel, not K."""
+        """:meth:`per_job` of each of ``columns`` (each (N,)): one index_add, not K."""
         return self.per_job_cols(torch.stack(list(columns), dim=1), index).unbind(1)
 
     @cached_property
