@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 from distributed import Client, LocalCluster
 
-from atrx.errors import InputError
+from atrx.errors import InputError, debug_enabled
 
 
 def default_workers() -> int:
@@ -96,7 +96,11 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, gpus: 
     :func:`gpu_worker_threads`) and declares as many ``GPU`` units, each task asking for one; the
     libraries inside a task then run on one thread, since the task threads share the process.
     """
-    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+    quiet = not logging.getLogger().isEnabledFor(logging.DEBUG)
+    # the workers' own logs: at CRITICAL a worker whose heartbeat meets the scheduler closing at
+    # the end of a run prints no traceback; a task's failure reaches the job through its future
+    worker_logs = logging.CRITICAL if quiet and not debug_enabled() else logging.ERROR
+    if quiet:
         # distributed installs its own INFO handlers on import; keep the terminal for our summary
         for name in ("distributed", "distributed.nanny", "distributed.scheduler", "distributed.core"):
             logging.getLogger(name).setLevel(logging.ERROR)
@@ -117,11 +121,11 @@ def dask_client(scheduler: str | None = None, workers: int | None = None, gpus: 
         threads = gpu_worker_threads(os.cpu_count() or 1, _visible_gpus(), threads_per_gpu)
         # one worker per GPU, declaring one GPU unit per task thread (each GPU task asks for one)
         cluster = LocalCUDACluster(threads_per_worker=threads, dashboard_address=":0",
-                                   silence_logs=logging.ERROR, resources={"GPU": threads})
+                                   silence_logs=worker_logs, resources={"GPU": threads})
         lib_threads = 1
     else:
         cluster = LocalCluster(n_workers=workers or default_workers(), threads_per_worker=threads_per_worker,
-                               processes=True, dashboard_address=":0", silence_logs=logging.ERROR)
+                               processes=True, dashboard_address=":0", silence_logs=worker_logs)
         lib_threads = threads_per_worker
     client = Client(cluster)
     try:
