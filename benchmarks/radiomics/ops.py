@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import json
 import os
 import subprocess
@@ -42,16 +43,16 @@ SYNCS = {"equal", "_local_scalar_dense", "nonzero", "_unique2", "unique_dim", "u
 def count(sizes: list[int]) -> dict[int, dict[str, object]]:
     """{overall voxels: {"ops": n, "syncs": {kind: n}}} for one patient per size, on this tree."""
     import torch
-    import yaml
     from torch.utils._python_dispatch import TorchDispatchMode
 
     sys.path.insert(0, str(ROOT / "benchmarks" / "radiomics"))
     from run import patient
 
     from features.engine.batch import extract_rois
+    from features.radiomics import load_params, pyradiomics_params
 
-    params = {k: v for k, v in yaml.safe_load((ROOT / "features" / "params" / "radiomics.yaml")
-                                              .read_text()).items() if k != "reference"}
+    # as run.py and the features job hand the file to the engine: without our own keys
+    params = pyradiomics_params(load_params(ROOT / "features" / "params" / "radiomics.yaml"))
 
     class Count(TorchDispatchMode):
         def __init__(self) -> None:
@@ -87,12 +88,9 @@ def count_at(rev: str, sizes: list[int]) -> dict[int, dict[str, object]]:
         if got.returncode:
             sys.exit(f"ops.py: --against {rev}: git archive failed ({got.stderr.decode().strip()});"
                      " give a commit of this repository, e.g. HEAD~1")
-        archive = got.stdout
-        tar_path = Path(tmp) / "tree.tar"
-        tar_path.write_bytes(archive)
-        with tarfile.open(tar_path) as tar:
-            tar.extractall(Path(tmp) / "tree", filter="data")
-        tree = Path(tmp) / "tree"
+        tree = Path(tmp)
+        with tarfile.open(fileobj=io.BytesIO(got.stdout)) as tar:
+            tar.extractall(tree, filter="data")
         script = tree / "benchmarks" / "radiomics" / "ops.py"
         script.write_text(Path(__file__).read_text())  # this counter, on that tree's engine
         done = subprocess.run([sys.executable, str(script), "--json", "--sizes", *map(str, sizes)],
